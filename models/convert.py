@@ -9,7 +9,7 @@ parameter of our model must be filled.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -35,42 +35,40 @@ class CheckpointMismatchError(ValueError):
     """The authors' checkpoint does not map one-to-one onto our model."""
 
 
-Transform = Callable[[Tensor], Tensor]
+# How a tensor changes between their layout and ours: "id" as is, "T" transposed (their [in, out]
+# projection Parameters become Linear weights), "q"/"k"/"v" one third of a packed in-projection.
+Transform = str
+_PACKED = ("q", "k", "v")
 
 
-def _identity(t: Tensor) -> Tensor:
-    return t
-
-
-def _transpose(t: Tensor) -> Tensor:
-    return t.t()
-
-
-def _chunk(index: int) -> Transform:
-    """Packed q/k/v -> one third (rows [0:D) = q, [D:2D) = k, [2D:3D) = v)."""
-    return lambda t: t.chunk(3, dim=0)[index]
+def apply_transform(transform: Transform, tensor: Tensor) -> Tensor:
+    if transform == "id":
+        return tensor
+    if transform == "T":
+        return tensor.t()
+    return tensor.chunk(3, dim=0)[_PACKED.index(transform)]
 
 
 def _clip_layer_rules(src: str, dst: str) -> Iterator[tuple[str, str, Transform]]:
     """OpenAI ResidualAttentionBlock -> transformers CLIPEncoderLayer."""
-    for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
-        yield f"{src}.attn.in_proj_weight", f"{dst}.self_attn.{name}.weight", _chunk(i)
-        yield f"{src}.attn.in_proj_bias", f"{dst}.self_attn.{name}.bias", _chunk(i)
+    for part in _PACKED:
+        yield f"{src}.attn.in_proj_weight", f"{dst}.self_attn.{part}_proj.weight", part
+        yield f"{src}.attn.in_proj_bias", f"{dst}.self_attn.{part}_proj.bias", part
     for a, b in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
                  ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
         for p in ("weight", "bias"):
-            yield f"{src}.{a}.{p}", f"{dst}.{b}.{p}", _identity
+            yield f"{src}.{a}.{p}", f"{dst}.{b}.{p}", "id"
 
 
 def _ast_layer_rules(src: str, dst: str) -> Iterator[tuple[str, str, Transform]]:
     """timm ViT Block -> transformers ASTLayer."""
-    for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
-        yield f"{src}.attn.qkv.weight", f"{dst}.attention.{name}.weight", _chunk(i)
-        yield f"{src}.attn.qkv.bias", f"{dst}.attention.{name}.bias", _chunk(i)
+    for part in _PACKED:
+        yield f"{src}.attn.qkv.weight", f"{dst}.attention.{part}_proj.weight", part
+        yield f"{src}.attn.qkv.bias", f"{dst}.attention.{part}_proj.bias", part
     for a, b in (("attn.proj", "attention.o_proj"), ("norm1", "layernorm_before"), ("norm2", "layernorm_after"),
                  ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
         for p in ("weight", "bias"):
-            yield f"{src}.{a}.{p}", f"{dst}.{b}.{p}", _identity
+            yield f"{src}.{a}.{p}", f"{dst}.{b}.{p}", "id"
 
 
 def _new_module_rules(model: SAVEModel) -> Iterator[tuple[str, str, Transform]]:
@@ -81,7 +79,7 @@ def _new_module_rules(model: SAVEModel) -> Iterator[tuple[str, str, Transform]]:
     for theirs_prefix, our_prefix in prefixes.items():
         for key in ours:
             if key.startswith(our_prefix):
-                yield theirs_prefix + key[len(our_prefix):], key, _identity
+                yield theirs_prefix + key[len(our_prefix):], key, "id"
 
 
 def key_rules(model: SAVEModel) -> list[tuple[str, str, Transform]]:
@@ -91,31 +89,31 @@ def key_rules(model: SAVEModel) -> list[tuple[str, str, Transform]]:
         raise CheckpointMismatchError("the authors' code only trains the AST audio variant (config 'save-b32'/'b16')")
     text, vision, ast = "clip.model.text_model", "clip.model.vision_model", "audio_encoder.model"
     rules: list[tuple[str, str, Transform]] = [
-        ("query_tokens", "query_tokens", _transpose),  # stored [D, Q] by the authors
-        ("frame_position_embeddings.weight", "frame_position_embeddings.weight", _identity),
-        ("query_position_embeddings.weight", "query_position_embeddings.weight", _identity),
-        ("clip.positional_embedding", f"{text}.embeddings.position_embedding.weight", _identity),
-        ("clip.token_embedding.weight", f"{text}.embeddings.token_embedding.weight", _identity),
-        ("clip.ln_final.weight", f"{text}.final_layer_norm.weight", _identity),
-        ("clip.ln_final.bias", f"{text}.final_layer_norm.bias", _identity),
-        ("clip.text_projection", "clip.model.text_projection.weight", _transpose),
-        ("clip.logit_scale", "clip.model.logit_scale", _identity),
-        ("clip.visual.class_embedding", f"{vision}.embeddings.class_embedding", _identity),
-        ("clip.visual.positional_embedding", f"{vision}.embeddings.position_embedding.weight", _identity),
-        ("clip.visual.conv1.weight", f"{vision}.embeddings.patch_embedding.weight", _identity),
-        ("clip.visual.ln_pre.weight", f"{vision}.pre_layrnorm.weight", _identity),
-        ("clip.visual.ln_pre.bias", f"{vision}.pre_layrnorm.bias", _identity),
-        ("clip.visual.ln_post.weight", f"{vision}.post_layernorm.weight", _identity),
-        ("clip.visual.ln_post.bias", f"{vision}.post_layernorm.bias", _identity),
-        ("clip.visual.proj", "clip.model.visual_projection.weight", _transpose),
-        ("clip.audio_projection", "audio_projection.weight", _transpose),
-        ("clip.audio.v.cls_token", f"{ast}.embeddings.cls_token", _identity),
-        ("clip.audio.v.dist_token", f"{ast}.embeddings.distillation_token", _identity),
-        ("clip.audio.v.pos_embed", f"{ast}.embeddings.position_embeddings", _identity),
-        ("clip.audio.v.patch_embed.proj.weight", f"{ast}.embeddings.patch_embeddings.projection.weight", _identity),
-        ("clip.audio.v.patch_embed.proj.bias", f"{ast}.embeddings.patch_embeddings.projection.bias", _identity),
-        ("clip.audio.v.norm.weight", f"{ast}.layernorm.weight", _identity),
-        ("clip.audio.v.norm.bias", f"{ast}.layernorm.bias", _identity),
+        ("query_tokens", "query_tokens", "T"),  # stored [D, Q] by the authors
+        ("frame_position_embeddings.weight", "frame_position_embeddings.weight", "id"),
+        ("query_position_embeddings.weight", "query_position_embeddings.weight", "id"),
+        ("clip.positional_embedding", f"{text}.embeddings.position_embedding.weight", "id"),
+        ("clip.token_embedding.weight", f"{text}.embeddings.token_embedding.weight", "id"),
+        ("clip.ln_final.weight", f"{text}.final_layer_norm.weight", "id"),
+        ("clip.ln_final.bias", f"{text}.final_layer_norm.bias", "id"),
+        ("clip.text_projection", "clip.model.text_projection.weight", "T"),
+        ("clip.logit_scale", "clip.model.logit_scale", "id"),
+        ("clip.visual.class_embedding", f"{vision}.embeddings.class_embedding", "id"),
+        ("clip.visual.positional_embedding", f"{vision}.embeddings.position_embedding.weight", "id"),
+        ("clip.visual.conv1.weight", f"{vision}.embeddings.patch_embedding.weight", "id"),
+        ("clip.visual.ln_pre.weight", f"{vision}.pre_layrnorm.weight", "id"),
+        ("clip.visual.ln_pre.bias", f"{vision}.pre_layrnorm.bias", "id"),
+        ("clip.visual.ln_post.weight", f"{vision}.post_layernorm.weight", "id"),
+        ("clip.visual.ln_post.bias", f"{vision}.post_layernorm.bias", "id"),
+        ("clip.visual.proj", "clip.model.visual_projection.weight", "T"),
+        ("clip.audio_projection", "audio_projection.weight", "T"),
+        ("clip.audio.v.cls_token", f"{ast}.embeddings.cls_token", "id"),
+        ("clip.audio.v.dist_token", f"{ast}.embeddings.distillation_token", "id"),
+        ("clip.audio.v.pos_embed", f"{ast}.embeddings.position_embeddings", "id"),
+        ("clip.audio.v.patch_embed.proj.weight", f"{ast}.embeddings.patch_embeddings.projection.weight", "id"),
+        ("clip.audio.v.patch_embed.proj.bias", f"{ast}.embeddings.patch_embeddings.projection.bias", "id"),
+        ("clip.audio.v.norm.weight", f"{ast}.layernorm.weight", "id"),
+        ("clip.audio.v.norm.bias", f"{ast}.layernorm.bias", "id"),
     ]
     for j in range(cfg.clip.text_config["num_hidden_layers"]):
         rules += _clip_layer_rules(f"clip.transformer.resblocks.{j}", f"{text}.encoder.layers.{j}")
@@ -125,6 +123,22 @@ def key_rules(model: SAVEModel) -> list[tuple[str, str, Transform]]:
         rules += _ast_layer_rules(f"clip.audio.v.blocks.{k}", f"{ast}.layers.{k}")
     rules += _new_module_rules(model)
     return rules
+
+
+def to_authors_state_dict(model: SAVEModel) -> dict[str, Tensor]:
+    """The inverse map: our model in the authors' layout (fp32), e.g. to evaluate it with their code."""
+    ours = model.state_dict()
+    theirs: dict[str, Tensor] = {}
+    packed: dict[str, dict[str, Tensor]] = {}
+    for src, dst, transform in key_rules(model):
+        value = ours[dst].detach().cpu()
+        if transform in _PACKED:
+            packed.setdefault(src, {})[transform] = value
+        else:
+            theirs[src] = value.t().contiguous() if transform == "T" else value.clone()
+    for src, parts in packed.items():
+        theirs[src] = torch.cat([parts[p] for p in _PACKED])
+    return theirs
 
 
 def _is_ignored(key: str) -> bool:
@@ -144,7 +158,7 @@ def convert_state_dict(theirs: dict[str, Tensor], model: SAVEModel) -> dict[str,
             problems.append(f"missing key {src!r} (needed for {dst!r})")
             continue
         used.add(src)
-        value = transform(theirs[src]).to(torch.float32)
+        value = apply_transform(transform, theirs[src]).to(torch.float32)
         if dst not in ours:
             problems.append(f"internal: no parameter {dst!r} in our model")
         elif value.shape != ours[dst].shape:
