@@ -1,0 +1,188 @@
+"""Media decoding with PyAV, shared by training data preparation and the ingest worker.
+
+Only decoding lives here (frames and audio as numpy arrays); turning them into model tensors is
+:mod:`models.preprocess`. Decoding is streamed: frames that the sampling rule does not select are
+dropped as they are decoded, so memory stays bounded whatever the video length.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import av
+import av.error
+import numpy as np
+
+from models.preprocess import AUDIO_SAMPLE_RATE, MAX_FRAMES, sample_frame_indices
+
+__all__ = ["MediaError", "probe_video_frames", "read_audio", "read_frames"]
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+
+class MediaError(ValueError):
+    """A file cannot be used as media: missing, unreadable, corrupt, or lacking the needed stream.
+
+    Callers treat it as a permanent failure of that file (retrying will not help).
+    """
+
+    def __init__(self, path: PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def _open(path: PathLike) -> av.container.InputContainer:
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(path, "no such file")
+    if not p.is_file():
+        raise MediaError(path, "not a regular file")
+    if p.stat().st_size == 0:
+        raise MediaError(path, "empty file (0 bytes)")
+    try:
+        return av.open(str(p), mode="r")
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise MediaError(path, f"cannot open as media ({e})") from e
+
+
+def _video_stream(container: av.container.InputContainer, path: PathLike) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise MediaError(path, "no video stream")
+    return container.streams.video[0]
+
+
+def _fps_and_count(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> tuple[int, float]:
+    """cv2-like CAP_PROP_FPS / CAP_PROP_FRAME_COUNT, since the authors sampled frames through OpenCV.
+
+    fps is FFmpeg's guessed rate (what OpenCV reports); the count is the container's frame count when
+    it has one, else round(duration * fps) with the container duration first (as OpenCV does).
+    """
+    rate = stream.guessed_rate or stream.average_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
+    if not math.isfinite(fps) or fps <= 0:
+        fps = 1.0 / float(stream.time_base) if stream.time_base else 0.0
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames), fps
+    duration = 0.0
+    if container.duration:
+        duration = container.duration / av.time_base
+    elif stream.duration and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    return int(math.floor(duration * fps + 0.5)), fps
+
+
+def probe_video_frames(path: PathLike) -> tuple[int, float]:
+    """``(frame_count, fps)`` of the first video stream, from container metadata (no decoding).
+
+    The count is an estimate when the container does not store it (duration x fps).
+    """
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        return _fps_and_count(container, stream)
+
+
+def _decode_selected(path: PathLike, wanted: list[int]) -> tuple[list[np.ndarray], int]:
+    """Decode the video sequentially, converting only frames whose index is in ``wanted``.
+
+    Returns the selected RGB frames and the number of frames decoded. Stops early once the last wanted
+    frame is reached; on a decode error after some frames it stops there (OpenCV's read would fail
+    the same way), with no frames decoded it raises.
+    """
+    want = set(wanted)
+    last = max(wanted) if wanted else -1
+    frames: list[np.ndarray] = []
+    count = 0
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                if count in want:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                count += 1
+                if count > last:
+                    break
+        except av.error.FFmpegError as e:
+            if count == 0:
+                raise MediaError(path, f"cannot decode video ({e})") from e
+            log.warning("%s: video decode stopped after %d frames: %s", path, count, e)
+    return frames, count
+
+
+def read_frames(path: PathLike, max_frames: int = MAX_FRAMES) -> list[np.ndarray]:
+    """The frames the model sees (HxWx3 uint8 RGB, at most ``max_frames``), chosen like the authors.
+
+    Indices come from :func:`models.preprocess.sample_frame_indices` on the probed frame count. If the
+    file holds fewer frames than its metadata says, the selection is recomputed from the real count
+    and the file decoded once more, so the result equals sampling the frames that actually exist.
+    """
+    frame_count, fps = probe_video_frames(path)
+    if frame_count <= 0:
+        frame_count = _count_frames(path)  # no usable metadata: count by decoding
+    wanted = sample_frame_indices(frame_count, fps, max_frames)
+    frames, decoded = _decode_selected(path, wanted)
+    if len(frames) < len(wanted):
+        # Decoding ended before the last wanted index, so ``decoded`` is the real frame count.
+        wanted = sample_frame_indices(decoded, fps, max_frames)
+        frames, _ = _decode_selected(path, wanted)
+    if not frames:
+        raise MediaError(path, "no decodable video frames")
+    return frames
+
+
+def _count_frames(path: PathLike) -> int:
+    """Number of decodable frames, by decoding everything and keeping nothing."""
+    count = 0
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        try:
+            for _ in container.decode(stream):
+                count += 1
+        except av.error.FFmpegError as e:
+            if count == 0:
+                raise MediaError(path, f"cannot decode video ({e})") from e
+    return count
+
+
+def read_audio(path: PathLike, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray | None:
+    """Mono float32 waveform at ``sample_rate`` in [-1, 1), or ``None`` if the file has no audio stream.
+
+    Decoded to 16-bit mono by FFmpeg's resampler and scaled by 1/32768, i.e. the same samples as the
+    authors' ``ffmpeg -ac 1 -ar 16000`` pcm_s16le wav files read back by ``torchaudio.load``. Corrupt
+    packets are skipped, as the ffmpeg CLI does.
+    """
+    with _open(path) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=int(sample_rate))
+        chunks: list[np.ndarray] = []
+
+        def _take(frames: list[av.AudioFrame]) -> None:
+            for f in frames:
+                chunks.append(f.to_ndarray().reshape(-1))
+
+        try:
+            for packet in container.demux(stream):
+                try:
+                    decoded = packet.decode()
+                except av.error.InvalidDataError as e:
+                    log.warning("%s: skipping corrupt audio packet: %s", path, e)
+                    continue
+                for frame in decoded:
+                    _take(resampler.resample(frame))
+            _take(resampler.resample(None))
+        except av.error.FFmpegError as e:
+            raise MediaError(path, f"cannot decode audio ({e})") from e
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    return (np.concatenate(chunks).astype(np.float32) / 32768.0).astype(np.float32)
