@@ -219,11 +219,15 @@ def speech_experiment(
 
 def _append_report(path: Path, cfg, table: str, chance: float) -> None:
     import datetime
+    import os
     import platform
 
     import torch
 
-    machine = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    machine = (f"{cpu} ({platform.machine()}), {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+               f"torch {torch.__version__}")
     command = f"save-search experiment speech --steps {cfg.steps} --seed {cfg.seed}"
     text = (f"\n### Speech-only retrieval experiment ({datetime.date.today().isoformat()})\n\n"
             f"Machine: {machine}. Command: `{command}`.\n"

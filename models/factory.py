@@ -32,6 +32,11 @@ CHECKPOINT_METADATA = "metadata.json"
 FORMAT_VERSION = 1
 
 
+ZERO_SHOT_NOTE = ("no trained SAVE checkpoint loaded: the video representation is the plain CLIP frame features "
+                  "(no position embedding, no fusion) and scores are zero-shot CLIP; audio and speech do not "
+                  "change visual scores until a trained checkpoint is loaded")
+
+
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights could not be loaded (no hub access, missing folder, wrong architecture)."""
 
@@ -116,7 +121,7 @@ def create_model(
     model = SAVEModel(cfg, clip, audio)
     freeze_audio_encoder(model)
     model.info = ModelInfo(cfg.name, cfg.clip.source if pretrained else None,
-                           cfg.audio.source if pretrained else None, fusion_enabled=False)
+                           cfg.audio.source if pretrained else None, fusion_enabled=False, notes=[ZERO_SHOT_NOTE])
     model.eval()
     return model.to(device) if device is not None else model
 

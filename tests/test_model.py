@@ -55,6 +55,7 @@ def test_zero_shot_path_equals_plain_clip(tiny):
     """Without a SAVE checkpoint the video side is plain CLIP frame features and the score is zero-shot CLIP."""
     ids, pixels, mask, audio, speech = _inputs()
     assert not tiny.fusion_enabled
+    assert tiny.info.mode == "zero-shot-clip" and "zero-shot CLIP" in tiny.info.notes[0]
     with torch.no_grad():
         video = tiny.encode_video(pixels, mask, audio, speech)
         text = tiny.encode_text(ids)
