@@ -1,0 +1,170 @@
+"""SQL metadata (SQLAlchemy 2 typed ORM): videos, transcript segments, jobs and their items.
+
+The database is the source of truth: index files and feature shards are derived from it and can be
+rebuilt. SQLite (a file under SAVE_SEARCH_HOME) by default, PostgreSQL by URL. The schema is created
+and upgraded by Alembic (``alembic/``); ``init_db`` runs the migrations.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+# Named constraints: Alembic's SQLite batch mode can only drop or alter a constraint that has a name, and
+# PostgreSQL's generated names would otherwise differ from SQLite's (none). Index names match the default.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Video(Base):
+    """One indexed video; identical files (same content hash) are one video."""
+
+    __tablename__ = "videos"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    source_path: Mapped[str] = mapped_column(Text)  # where the media file lives (upload copy or bulk path)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    duration_s: Mapped[float] = mapped_column(Float)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    has_audio: Mapped[bool] = mapped_column(Boolean)
+    thumbnail_path: Mapped[str | None] = mapped_column(Text)
+    transcript: Mapped[str] = mapped_column(Text, default="")
+    language: Mapped[str | None] = mapped_column(String(16))
+    language_probability: Mapped[float | None] = mapped_column(Float)
+    # What made the visual embedding: None in speech mode (no visual features for this video).
+    model_version: Mapped[str | None] = mapped_column(String(512), index=True)
+    model_mode: Mapped[str] = mapped_column(String(32))  # save-fused | zero-shot-clip | speech
+    feature_shard: Mapped[str | None] = mapped_column(String(255))
+    feature_offset: Mapped[int | None] = mapped_column(BigInteger)
+    pooled: Mapped[bytes | None] = mapped_column(LargeBinary)  # fp16 pooled vector, for index rebuilds
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    segments: Mapped[list[Segment]] = relationship(back_populates="video", cascade="all, delete-orphan",
+                                                   order_by="Segment.idx")
+
+
+class Segment(Base):
+    """A timestamped piece of the transcript; searchable by words (full text) and by meaning (embedding)."""
+
+    __tablename__ = "segments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
+    idx: Mapped[int] = mapped_column(Integer)
+    start_s: Mapped[float] = mapped_column(Float)
+    end_s: Mapped[float] = mapped_column(Float)
+    text: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)  # fp16 sentence embedding
+
+    video: Mapped[Video] = relationship(back_populates="segments")
+
+
+class Job(Base):
+    """An ingest request: one upload or a bulk job over many server-side files."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # upload | bulk
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)  # queued|running|done|failed
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    items: Mapped[list[JobItem]] = relationship(back_populates="job", cascade="all, delete-orphan",
+                                                order_by="JobItem.id")
+
+
+class JobItem(Base):
+    """One file of a job. Fails on its own, with a reason, without stopping the queue."""
+
+    __tablename__ = "job_items"
+    __table_args__ = (Index("ix_job_items_claim", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    filename: Mapped[str] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(16), default="queued")  # queued|running|done|failed
+    stage: Mapped[str | None] = mapped_column(String(32))
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    error_kind: Mapped[str | None] = mapped_column(String(64))
+    video_id: Mapped[int | None] = mapped_column(ForeignKey("videos.id", ondelete="SET NULL"))
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    delete_after: Mapped[bool] = mapped_column(Boolean, default=False)  # uploaded temp copy
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="items")
+
+
+class Meta(Base):
+    """Key/value facts about the collection (e.g. the model version the index was built with)."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def session_factory(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,94 @@
+"""Settings of the ingest worker and search service, from environment variables (``SAVE_SEARCH_*``).
+
+Embedded defaults need no server: a SQLite file and local index files under ``SAVE_SEARCH_HOME``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from models.bundled import WHISPER_BASE_NAME, data_home
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"SAVE_SEARCH_{name}", default)
+
+
+def _env_list(name: str) -> list[str]:
+    raw = _env(name, "") or ""
+    return [x.strip() for x in raw.replace(";", ",").split(",") if x.strip()]
+
+
+@dataclass
+class Settings:
+    home: Path = field(default_factory=data_home)
+    database_url: str | None = None  # default: sqlite:///{home}/save_search.db
+    # model: a config name (save-b32), our checkpoint folder or the authors' .bin
+    model: str = "save-b32"
+    clip_source: str | None = None
+    audio_source: str | None = None
+    device: str = "auto"  # auto | cpu | cuda
+    # speech
+    whisper_model: str = WHISPER_BASE_NAME
+    whisper_compute_type: str = "default"
+    whisper_beam_size: int = 5
+    expected_languages: list[str] = field(default_factory=list)  # e.g. ["en"]; empty = any
+    language_min_probability: float = 0.5
+    asr_chunk_seconds: float = 600.0  # long audio is transcribed in chunks of this length
+    # limits
+    max_duration_s: float = 4 * 3600.0
+    max_size_bytes: int = 20 * 1024**3
+    allowed_roots: list[Path] = field(default_factory=list)  # bulk jobs may only read below these
+    # index
+    index_type: str = "auto"  # auto | flat | ivfpq | hnsw
+    encode_batch_size: int = 8
+    # jobs
+    max_attempts: int = 3
+    lease_seconds: float = 600.0
+    retry_backoff_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home).expanduser()
+        self.allowed_roots = [Path(p).expanduser().resolve() for p in self.allowed_roots]
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'save_search.db'}"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.home / "features"
+
+    @property
+    def media_dir(self) -> Path:
+        """Uploaded files and thumbnails live here."""
+        return self.home / "media"
+
+    @classmethod
+    def from_env(cls, **overrides) -> Settings:
+        """Settings from ``SAVE_SEARCH_*`` environment variables; keyword arguments win."""
+        values: dict = {}
+        for f in fields(cls):
+            raw = _env(f.name.upper())
+            if raw is None:
+                continue
+            if f.name in ("expected_languages",):
+                values[f.name] = _env_list(f.name.upper())
+            elif f.name == "allowed_roots":
+                values[f.name] = [Path(p) for p in _env_list(f.name.upper())]
+            elif f.type in ("int",):
+                values[f.name] = int(raw)
+            elif f.type in ("float",):
+                values[f.name] = float(raw)
+            elif f.name == "home":
+                values[f.name] = Path(raw)
+            else:
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

@@ -1,0 +1,87 @@
+"""Shared fixtures: throw-away SQLite and PostgreSQL databases, migrated with the real Alembic scripts.
+
+PostgreSQL comes from ``SAVE_SEARCH_TEST_POSTGRES_URL`` (an admin URL, libpq form; default
+``postgresql://postgres@127.0.0.1:5432/postgres``). The tests create their own database there and drop it
+at the end. Without a reachable server the PostgreSQL cases are skipped, except under CI (``CI`` set),
+where they fail: CI must test PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import closing
+
+import pytest
+from sqlalchemy.engine import make_url
+
+PG_ADMIN_URL = os.environ.get("SAVE_SEARCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _pg_connect(conninfo: str):
+    import psycopg
+
+    return psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+
+
+def _libpq(url: str) -> str:
+    """A SQLAlchemy URL (postgresql+psycopg://...) as a libpq URI, for psycopg."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database of this test session's own on the PostgreSQL server, as a SQLAlchemy URL."""
+    from psycopg import sql
+
+    try:
+        admin = _pg_connect(PG_ADMIN_URL)
+    except Exception as exc:  # any failure to connect means "no server to test against"
+        reason = f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({exc.__class__.__name__}: {exc})".strip()
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must test PostgreSQL (set SAVE_SEARCH_TEST_POSTGRES_URL)", pytrace=False)
+        pytest.skip(f"{reason}; start one or set SAVE_SEARCH_TEST_POSTGRES_URL")
+    name = f"save_search_test_{os.getpid()}_{secrets.token_hex(4)}"
+    with closing(admin):
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with closing(_pg_connect(PG_ADMIN_URL)) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh_db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """An empty database (no tables) per test. PostgreSQL: a new schema, first on the search path (fast)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'save_search.db'}"
+        return
+    from psycopg import sql
+
+    base = request.getfixturevalue("postgres_url")
+    schema = f"t_{secrets.token_hex(6)}"
+    with closing(_pg_connect(_libpq(base))) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield make_url(base).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False
+        )
+    finally:
+        with closing(_pg_connect(_libpq(base))) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+def db_url(fresh_db_url: str) -> str:
+    """A fresh database per test, migrated to head, on each backend."""
+    from indexer.migrate import init_db
+
+    init_db(fresh_db_url)
+    return fresh_db_url

