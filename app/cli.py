@@ -237,6 +237,156 @@ def _append_report(path: Path, cfg, table: str, chance: float) -> None:
         f.write(text)
 
 
+# ----------------------------------------------------------------------------------------------- ingest & search
+def _settings(database_url: str | None = None, model: str | None = None):
+    from indexer.settings import Settings
+
+    return Settings.from_env(database_url=database_url, model=model)
+
+
+def _services(settings):
+    from indexer.worker import Services
+
+    services = Services(settings)
+    status = services.encoder.status()
+    typer.secho(f"model mode: {status.mode} - {status.reason}", err=True,
+                fg=typer.colors.YELLOW if status.mode != "save-fused" else typer.colors.GREEN)
+    return services
+
+
+DatabaseOpt = Annotated[str | None, typer.Option("--database-url", help="Default: $SAVE_SEARCH_DATABASE_URL or "
+                                                                       "SQLite under $SAVE_SEARCH_HOME.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Config name, checkpoint folder or authors' .bin "
+                                                             "(default: $SAVE_SEARCH_MODEL or save-b32).")]
+
+
+@app.command("worker")
+def worker(
+    database_url: DatabaseOpt = None,
+    model: ModelOpt = None,
+    worker_id: Annotated[str | None, typer.Option(help="Stable id; a restarted worker reclaims its items.")] = None,
+    exit_when_idle: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False,
+    verbose: bool = False,
+) -> None:
+    """Run the ingest worker loop (any number of workers can share one database)."""
+    _setup_logging(verbose)
+    from indexer.worker import Worker
+
+    services = _services(_settings(database_url, model))
+    Worker(services, owner=worker_id).run(exit_when_idle=exit_when_idle)
+
+
+@app.command("ingest")
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Video files and/or folders.")],
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")] = False,
+    wait: Annotated[bool, typer.Option(help="Process the job in this process and wait for the outcome.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per input (path, video_id, status, "
+                                                         "error).")] = False,
+    database_url: DatabaseOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Enqueue files/folders (a bulk job); with --wait, ingest them now and report every input's outcome."""
+    from indexer.jobs import JobQueue, expand_paths
+
+    settings = _settings(database_url, model)
+    files = expand_paths(paths, recursive)
+    if not files:
+        _fail("no media files found in the given paths")
+    if not wait:
+        from indexer.db import make_engine, session_factory
+        from indexer.migrate import init_db
+
+        init_db(settings.db_url)
+        queue = JobQueue(session_factory(make_engine(settings.db_url)))
+        job_id = queue.enqueue("bulk", files, settings.allowed_roots or None)
+        summary = queue.summary(job_id)
+        if as_json:
+            for item in summary.items:
+                typer.echo(json.dumps({"path": item.path, "video_id": item.video_id, "status": item.status,
+                                       "error": item.error, "job_id": job_id}))
+        else:
+            typer.echo(f"job {job_id}: {summary.total} file(s) queued; run `save-search worker` to process them")
+        return
+    _setup_logging()
+    logging.getLogger().setLevel(logging.WARNING)
+    import threading
+
+    from tqdm import tqdm
+
+    from indexer.worker import Worker
+
+    services = _services(settings)
+    w = Worker(services)
+    job_id = w.queue.enqueue("bulk", files, settings.allowed_roots or None)
+    w.startup()
+    bar = tqdm(total=len(files), desc="ingest", unit="video", disable=as_json)
+    stop = threading.Event()
+    while True:
+        summary = w.queue.summary(job_id)
+        bar.n = summary.done + summary.failed
+        bar.refresh()
+        if summary.status in ("done", "failed"):
+            break
+        if w.run_once() == 0:
+            stop.wait(0.5)
+    bar.close()
+    for item in summary.items:
+        row = {"path": item.path, "video_id": item.video_id, "status": item.status, "error": item.error}
+        if as_json:
+            typer.echo(json.dumps(row))
+        else:
+            mark = "ok  " if item.status == "done" else "FAIL"
+            typer.echo(f"{mark} {item.path}" + (f" -> video {item.video_id}" if item.video_id else "")
+                       + (f": {item.error}" if item.error else ""))
+    if not as_json:
+        typer.echo(f"job {job_id}: {summary.done} indexed, {summary.failed} failed")
+
+
+@app.command("search")
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in plain language.")],
+    k: Annotated[int, typer.Option("--k", help="Number of results.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    database_url: DatabaseOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Search the indexed videos from the command line (the same service the API uses)."""
+    from indexer.search import SearchService
+
+    services = _services(_settings(database_url, model))
+    try:
+        page = SearchService(services).search(query, k=k)
+    except ValueError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps({"mode": page.mode, "results": [r.to_dict() for r in page.results]}, indent=2))
+        return
+    if not page.results:
+        typer.echo("no results")
+    for rank, r in enumerate(page.results, 1):
+        moment = f" [{r.segment.start:.1f}-{r.segment.end:.1f}s] {r.segment.text}" if r.segment else ""
+        typer.echo(f"{rank:>2}. {r.filename} (video {r.video_id}) score {r.score:.3f}{moment}")
+
+
+@app.command("reindex")
+def reindex(
+    rebuild_only: Annotated[bool, typer.Option(help="Only rebuild the index files from stored features.")] = False,
+    database_url: DatabaseOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Re-encode videos made with another model (never mixing embedding spaces), then rebuild the indexes."""
+    _setup_logging()
+    from indexer.reindex import rebuild_indexes, reencode_stale
+
+    services = _services(_settings(database_url, model))
+    if not rebuild_only:
+        done, failed = reencode_stale(services)
+        typer.echo(f"re-encoded {done} video(s), {failed} failed")
+    counts = rebuild_indexes(services)
+    typer.echo(f"indexes rebuilt: {counts}")
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,159 @@
+"""Keeps the FAISS indexes in agreement with the database, which is the source of truth.
+
+Two indexes: pooled SAVE video vectors (ids = video ids) and transcript segment sentence embeddings
+(ids = segment ids). Both are derived: ``sync`` adds what the database has and the index lacks and removes
+what the database no longer has, so crash repair and normal updates are the same operation. Writers publish
+atomic snapshots; readers reload when the published version changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from .db import Segment, Video
+from .store import VectorIndex, choose_index_type, current_version, load_snapshot, save_snapshot
+
+log = logging.getLogger(__name__)
+
+
+def to_blob(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype=np.float16).tobytes()
+
+
+def from_blob(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.float16).astype(np.float32)
+
+
+@dataclass
+class SyncReport:
+    added: int = 0
+    removed: int = 0
+
+
+class ManagedIndex:
+    """One FAISS index plus where it is published and which embedding space it holds."""
+
+    def __init__(self, folder: Path, dim: int, space: str, requested_type: str = "auto") -> None:
+        self.folder = folder
+        self.dim = dim
+        self.space = space  # e.g. the SAVE model version, or the sentence encoder's name
+        self.requested_type = requested_type
+        self.index: VectorIndex | None = None
+        self.version: int | None = None
+
+    def load(self) -> None:
+        """Load the published snapshot if it holds our embedding space, else start empty."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        loaded = load_snapshot(self.folder)
+        if loaded is not None:
+            index, manifest = loaded
+            if manifest.get("model_version") == self.space and index.dim == self.dim:
+                self.index, self.version = index, manifest.get("version")
+                return
+            log.warning("index at %s holds %r, not %r: it will be rebuilt", self.folder,
+                        manifest.get("model_version"), self.space)
+        self.index = VectorIndex.create(self.dim, "flat")
+        self.version = None
+
+    def reload_if_changed(self) -> bool:
+        """For readers: pick up a snapshot another process published."""
+        published = current_version(self.folder)
+        if published is not None and published != self.version:
+            self.load()
+            return True
+        return False
+
+    def sync(self, db_ids: set[int], fetch: Callable[[set[int] | None], list[tuple[int, np.ndarray]]]) -> SyncReport:
+        """Make the index hold exactly ``db_ids``. ``fetch(ids)`` returns (id, vector) rows for those ids
+        (``None``: all of them). When the collection outgrows the index type, the index is rebuilt."""
+        assert self.index is not None
+        wanted = choose_index_type(len(db_ids), self.requested_type)
+        if wanted != self.index.kind:
+            rows = fetch(None)
+            ids = np.array([i for i, _ in rows], dtype=np.int64)
+            vecs = np.stack([v for _, v in rows]).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
+            self.index = VectorIndex.create(self.dim, wanted, vectors=vecs, ids=ids)
+            log.info("rebuilt %s as a %s index over %d vectors", self.folder.name, wanted, len(ids))
+            return SyncReport(added=len(ids))
+        have = set(self.index.ids().tolist())
+        report = SyncReport()
+        extra = have - db_ids
+        if extra:
+            self.index.remove(np.fromiter(extra, dtype=np.int64))
+            report.removed = len(extra)
+        missing = db_ids - have
+        if missing:
+            rows = fetch(missing)
+            self.index.add(np.array([i for i, _ in rows], dtype=np.int64),
+                           np.stack([v for _, v in rows]).astype(np.float32))
+            report.added = len(rows)
+        if self.index.tombstones > 0.2 * max(1, len(self.index)):  # HNSW cannot delete: rebuild now and then
+            self.index.compact()
+        return report
+
+    def publish(self) -> int:
+        assert self.index is not None
+        self.version = save_snapshot(self.index, self.folder, self.space)
+        return self.version
+
+
+class Catalog:
+    """The video and segment indexes of one collection, synced from the database."""
+
+    def __init__(self, index_dir: Path, sessions: sessionmaker, model_version: str | None, video_dim: int | None,
+                 segment_space: str, segment_dim: int, index_type: str = "auto") -> None:
+        self.sessions = sessions
+        self.model_version = model_version
+        self.videos = (ManagedIndex(index_dir / "videos", video_dim, model_version, index_type)
+                       if model_version and video_dim else None)
+        self.segments = ManagedIndex(index_dir / "segments", segment_dim, segment_space, index_type)
+
+    def load(self) -> None:
+        if self.videos is not None:
+            self.videos.load()
+        self.segments.load()
+
+    def reload_if_changed(self) -> bool:
+        changed = self.segments.reload_if_changed()
+        if self.videos is not None:
+            changed = self.videos.reload_if_changed() or changed
+        return changed
+
+    def sync(self) -> dict[str, SyncReport]:
+        """Reconcile both indexes with the database (start-up repair, and after every committed batch)."""
+        reports: dict[str, SyncReport] = {}
+        with self.sessions() as s:
+            if self.videos is not None:
+                has_vector = (Video.model_version == self.model_version) & Video.pooled.is_not(None)
+                video_ids = set(s.scalars(select(Video.id).where(has_vector)))
+                reports["videos"] = self.videos.sync(video_ids, lambda ids: _fetch(s, Video.id, Video.pooled,
+                                                                                   has_vector, ids))
+            has_embedding = Segment.embedding.is_not(None)
+            seg_ids = set(s.scalars(select(Segment.id).where(has_embedding)))
+            reports["segments"] = self.segments.sync(seg_ids, lambda ids: _fetch(s, Segment.id, Segment.embedding,
+                                                                                 has_embedding, ids))
+        return reports
+
+    def publish(self) -> None:
+        if self.videos is not None:
+            self.videos.publish()
+        self.segments.publish()
+
+
+def _fetch(s, id_col, blob_col, condition, ids: set[int] | None, chunk: int = 5000) -> list[tuple[int, np.ndarray]]:
+    """(id, vector) rows, in chunks so a large id set never makes one giant IN clause."""
+    if ids is None:
+        return [(i, from_blob(b)) for i, b in s.execute(select(id_col, blob_col).where(condition)).all()]
+    wanted = sorted(ids)
+    rows: list[tuple[int, np.ndarray]] = []
+    for start in range(0, len(wanted), chunk):
+        part = wanted[start:start + chunk]
+        rows += [(i, from_blob(b)) for i, b in s.execute(select(id_col, blob_col).where(id_col.in_(part))).all()]
+    return rows

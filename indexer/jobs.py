@@ -1,0 +1,220 @@
+"""The job queue in the database: jobs of items, claims with leases, retries with backoff.
+
+Claims are safe with several workers: PostgreSQL uses ``FOR UPDATE SKIP LOCKED``; SQLite serialises writers
+(``BEGIN IMMEDIATE``), so a select-then-update inside one transaction cannot race. A worker that dies keeps
+its items only until their lease runs out (or until it restarts under the same worker id).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import func, or_, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from .db import Job, JobItem, utcnow
+from .errors import AccessError, IngestError
+from .probe import check_access
+
+log = logging.getLogger(__name__)
+
+MEDIA_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv",
+                            ".ts", ".mts", ".m2ts", ".3gp", ".ogv"})
+
+
+@dataclass
+class ItemOutcome:
+    item_id: int
+    path: str
+    filename: str
+    status: str
+    video_id: int | None
+    error: str | None
+    error_kind: str | None
+    attempts: int
+    stage: str | None
+    progress: float
+
+
+@dataclass
+class JobSummary:
+    id: int
+    kind: str
+    status: str
+    total: int
+    done: int
+    failed: int
+    queued: int
+    running: int
+    progress: float
+    items: list[ItemOutcome]
+
+
+def expand_paths(paths: Iterable[str | Path], recursive: bool) -> list[Path]:
+    """Files as given, and the media files inside given folders (their subfolders too with ``recursive``)."""
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            found = p.rglob("*") if recursive else p.iterdir()
+            out += sorted(f for f in found if f.is_file() and f.suffix.lower() in MEDIA_SUFFIXES)
+        else:
+            out.append(p)  # missing or unreadable paths still become items, failed with a reason
+    return out
+
+
+class JobQueue:
+    def __init__(self, sessions: sessionmaker, max_attempts: int = 3, lease_seconds: float = 600.0,
+                 backoff_s: float = 5.0) -> None:
+        self.sessions = sessions
+        self.max_attempts = max_attempts
+        self.lease = dt.timedelta(seconds=lease_seconds)
+        self.backoff_s = backoff_s
+
+    # ------------------------------------------------------------------ enqueue
+    def enqueue(self, kind: str, paths: Sequence[str | Path], allowed_roots: Sequence[Path] | None = None,
+                filenames: Sequence[str] | None = None, delete_after: bool = False) -> int:
+        """Create a job with one item per path. Paths refused by the access check (outside the allowed roots,
+        missing, unreadable) become failed items with the reason, so every input has an outcome."""
+        with self.sessions.begin() as s:
+            job = Job(kind=kind, status="queued")
+            s.add(job)
+            for i, raw in enumerate(paths):
+                name = filenames[i] if filenames else Path(raw).name
+                item = JobItem(path=str(raw), filename=name, status="queued", delete_after=delete_after)
+                try:
+                    item.path = str(check_access(raw, allowed_roots))
+                except AccessError as exc:
+                    item.status, item.error, item.error_kind = "failed", exc.reason, exc.kind
+                job.items.append(item)
+            s.flush()
+            self._refresh_job(s, job)
+            return job.id
+
+    # ------------------------------------------------------------------ claims
+    def _begin_write(self, s: Session) -> None:
+        if s.get_bind().dialect.name == "sqlite":
+            s.execute(text("BEGIN IMMEDIATE"))
+
+    def claim(self, owner: str, limit: int = 1) -> list[int]:
+        """Atomically take up to ``limit`` claimable items: queued and due, or running with an expired lease."""
+        now = utcnow()
+        s = self.sessions()
+        try:
+            self._begin_write(s)
+            query = (select(JobItem.id)
+                     .where(or_(JobItem.status == "queued",
+                                (JobItem.status == "running") & (JobItem.lease_until < now)))
+                     .where(JobItem.next_attempt_at <= now)
+                     .order_by(JobItem.id).limit(limit))
+            if s.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            ids = list(s.scalars(query))
+            if ids:
+                s.execute(update(JobItem).where(JobItem.id.in_(ids)).values(
+                    status="running", lease_owner=owner, lease_until=now + self.lease,
+                    attempts=JobItem.attempts + 1, stage="claimed", updated_at=now))
+                for job_id in set(s.scalars(select(JobItem.job_id).where(JobItem.id.in_(ids)))):
+                    s.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
+                              .values(status="running", updated_at=now))
+            s.commit()
+            return ids
+        except Exception:
+            s.rollback()
+            raise
+        finally:
+            s.close()
+
+    def release_own(self, owner: str) -> int:
+        """At start-up: items this worker id held when it died go back to the queue at once."""
+        with self.sessions.begin() as s:
+            res = s.execute(update(JobItem).where(JobItem.status == "running", JobItem.lease_owner == owner)
+                            .values(status="queued", lease_owner=None, lease_until=None, stage=None))
+            return res.rowcount or 0
+
+    def heartbeat(self, item_id: int, owner: str, stage: str | None = None, progress: float | None = None) -> bool:
+        """Extend the lease (and report the stage); False if the item is no longer ours."""
+        values: dict = {"lease_until": utcnow() + self.lease}
+        if stage is not None:
+            values["stage"] = stage
+        if progress is not None:
+            values["progress"] = progress
+        with self.sessions.begin() as s:
+            res = s.execute(update(JobItem).where(JobItem.id == item_id, JobItem.lease_owner == owner,
+                                                  JobItem.status == "running").values(**values))
+            return bool(res.rowcount)
+
+    # ------------------------------------------------------------------ outcomes
+    def mark_done(self, s: Session, item_id: int, owner: str, video_id: int, content_hash: str | None) -> bool:
+        """Inside the caller's transaction (the commit point with the video row). False if we lost the item."""
+        res = s.execute(update(JobItem).where(JobItem.id == item_id, JobItem.lease_owner == owner,
+                                              JobItem.status == "running")
+                        .values(status="done", video_id=video_id, content_hash=content_hash, stage="done",
+                                progress=1.0, error=None, error_kind=None, lease_until=None))
+        if res.rowcount:
+            self._refresh_job(s, s.get(JobItem, item_id).job)
+        return bool(res.rowcount)
+
+    def mark_failed(self, item_id: int, owner: str, error: IngestError) -> str:
+        """Permanent errors fail the item; transient ones retry with exponential backoff up to max_attempts."""
+        with self.sessions.begin() as s:
+            item = s.get(JobItem, item_id)
+            if item is None or item.lease_owner != owner or item.status != "running":
+                return "lost"
+            item.error, item.error_kind = error.reason, error.kind
+            item.lease_until = None
+            if error.permanent or item.attempts >= self.max_attempts:
+                item.status = "failed"
+                if not error.permanent:
+                    item.error = f"{error.reason} (gave up after {item.attempts} attempts)"
+            else:
+                item.status = "queued"
+                delay = self.backoff_s * 2 ** (item.attempts - 1)
+                item.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
+            self._refresh_job(s, item.job)
+            return item.status
+
+    def _refresh_job(self, s: Session, job: Job) -> None:
+        s.flush()
+        counts = dict(s.execute(select(JobItem.status, func.count()).where(JobItem.job_id == job.id)
+                                .group_by(JobItem.status)).all())
+        total = sum(counts.values())
+        finished = counts.get("done", 0) + counts.get("failed", 0)
+        if total and finished == total:
+            job.status = "failed" if counts.get("failed", 0) == total else "done"
+        elif counts.get("running", 0) or finished:
+            job.status = "running"
+        else:
+            job.status = "queued"
+        job.updated_at = utcnow()
+
+    # ------------------------------------------------------------------ reading
+    def summary(self, job_id: int) -> JobSummary | None:
+        with self.sessions() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                return None
+            items = [ItemOutcome(i.id, i.path, i.filename, i.status, i.video_id, i.error, i.error_kind, i.attempts,
+                                 i.stage, i.progress) for i in job.items]
+            count = {k: sum(1 for i in items if i.status == k) for k in ("done", "failed", "queued", "running")}
+            total = len(items)
+            progress = (sum(1.0 if i.status in ("done", "failed") else i.progress for i in items) / total
+                        if total else 1.0)
+            return JobSummary(job.id, job.kind, job.status, total, count["done"], count["failed"], count["queued"],
+                              count["running"], round(progress, 4), items)
+
+    def pending(self) -> int:
+        """Items waiting or in progress (queue depth)."""
+        with self.sessions() as s:
+            return s.scalar(select(func.count()).select_from(JobItem)
+                            .where(JobItem.status.in_(("queued", "running")))) or 0
+
+
+def default_owner(worker_id: str | None = None) -> str:
+    """A stable worker id: restarting a worker under the same id reclaims what it held when it died."""
+    return worker_id or f"{os.uname().nodename}-worker"

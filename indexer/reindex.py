@@ -1,0 +1,81 @@
+"""Re-indexing: a model change never mixes embedding spaces. Videos encoded with another model version
+(or none, from speech mode) are re-encoded from their media file with the current model; the FAISS indexes
+can always be rebuilt from the vectors stored with each row."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import or_, select
+
+from .catalog import to_blob
+from .db import Video
+from .decode import decode, pcm_memmap
+from .errors import IngestError
+from .worker import Services, Worker
+
+log = logging.getLogger(__name__)
+
+
+def reencode_stale(services: Services, batch: int = 8, worker_id: str = "reindex") -> tuple[int, int]:
+    """Re-encode every stale video (transcripts are kept). Returns (re-encoded, failed)."""
+    encoder = services.encoder
+    version = encoder.status().model_version
+    if version is None:
+        log.warning("no visual model loaded: nothing to re-encode (%s)", encoder.reason)
+        return 0, 0
+    worker = Worker(services, owner=worker_id)
+    assert worker.store is not None
+    with services.sessions() as s:
+        ids = list(s.scalars(select(Video.id).where(or_(Video.model_version.is_(None),
+                                                        Video.model_version != version)).order_by(Video.id)))
+    done = failed = 0
+    for start in range(0, len(ids), batch):
+        with services.sessions() as s:
+            videos = list(s.scalars(select(Video).where(Video.id.in_(ids[start:start + batch]))))
+        inputs, keep = [], []
+        work = Path(tempfile.mkdtemp(prefix="save-reindex-"))
+        try:
+            for v in videos:
+                try:
+                    decoded = decode(Path(v.source_path), work / str(v.id))
+                    pcm = pcm_memmap(decoded.audio_path) if decoded.audio_path is not None else None
+                    inputs.append(worker._model_inputs(decoded, pcm, v.transcript))
+                    keep.append(v)
+                except (IngestError, OSError) as exc:
+                    failed += 1
+                    log.warning("video %s (%s) cannot be re-encoded: %s", v.id, v.source_path, exc)
+            if not keep:
+                continue
+            emb = encoder.encode_videos(inputs)
+            with services.sessions.begin() as s:
+                for i, v in enumerate(keep):
+                    row = s.get(Video, v.id)
+                    ref = worker.store.append(v.id, emb.frames[i].numpy().astype("float16"),
+                                              emb.mask[i].numpy().astype("uint8"))
+                    row.feature_shard, row.feature_offset = ref.shard, ref.offset
+                    row.pooled = to_blob(emb.pooled[i].numpy())
+                    row.model_version, row.model_mode = version, encoder.status().mode
+            done += len(keep)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return done, failed
+
+
+def rebuild_indexes(services: Services) -> dict[str, int]:
+    """Drop the published index snapshots and rebuild them from the database."""
+    catalog = services.catalog
+    for managed in (catalog.videos, catalog.segments):
+        if managed is None:
+            continue
+        shutil.rmtree(managed.folder, ignore_errors=True)
+        managed.load()
+    catalog.sync()
+    catalog.publish()
+    counts = {"segments": len(catalog.segments.index)}
+    if catalog.videos is not None:
+        counts["videos"] = len(catalog.videos.index)
+    return counts

@@ -1,0 +1,293 @@
+"""The ingest worker: claims job items and runs them through the stages
+hash -> probe -> decode -> transcribe -> encode -> store + database (one commit point) -> index.
+
+Crash safety: a video becomes visible only in the transaction that also marks its item done, after its
+features are on disk (fsynced). A kill at any moment leaves either nothing (the item is reclaimed and
+redone) or a committed video whose index entry is added by the start-up sync. The same file twice is one
+video (content hash, unique in the database).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from models.inputs import VideoInputs, audio_features
+from models.preprocess import preprocess_frames, tokenize_speech
+
+from .asr import Transcriber, Transcript
+from .catalog import Catalog, to_blob
+from .db import JobItem, Segment, Video, make_engine, session_factory
+from .decode import DecodedVideo, decode, fbank_from_pcm, pcm_memmap, save_thumbnail
+from .encode import VisualEncoder
+from .errors import IngestError, TransientError
+from .jobs import JobQueue, default_owner
+from .migrate import init_db
+from .probe import ProbeResult, check_access, probe
+from .settings import Settings
+from .store import FeatureStore
+from .transcripts import SentenceEncoder
+
+log = logging.getLogger(__name__)
+
+SEGMENT_SPACE = "all-MiniLM-L6-v2"
+
+
+def hash_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Prepared:
+    """Everything computed for one item before the commit point."""
+
+    item_id: int
+    path: Path
+    filename: str
+    content_hash: str
+    probe: ProbeResult
+    decoded: DecodedVideo
+    transcript: Transcript
+    inputs: VideoInputs
+    segment_embeddings: np.ndarray
+    thumbnail: Path
+
+
+class Services:
+    """Loaded once per process and shared by the worker and the search service."""
+
+    def __init__(self, settings: Settings, encoder: VisualEncoder | None = None,
+                 sentences: SentenceEncoder | None = None, transcriber: Transcriber | None = None) -> None:
+        self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        init_db(settings.db_url)
+        self.engine = make_engine(settings.db_url)
+        self.sessions = session_factory(self.engine)
+        self.encoder = encoder or VisualEncoder(settings)
+        self.sentences = sentences or SentenceEncoder()
+        self._transcriber = transcriber
+        self._lock = threading.Lock()
+        status = self.encoder.status()
+        dim = self.encoder.model.config.embed_dim if self.encoder.model is not None else None
+        self.catalog = Catalog(settings.index_dir, self.sessions, status.model_version, dim, SEGMENT_SPACE,
+                               self.sentences.dim, settings.index_type)
+        self.catalog.load()
+
+    def stale_videos(self) -> int:
+        """Videos outside the current model's embedding space (they are never mixed into visual search)."""
+        version = self.encoder.status().model_version
+        if version is None:
+            return 0
+        with self.sessions() as s:
+            return s.scalar(select(func.count()).select_from(Video).where(
+                or_(Video.model_version.is_(None), Video.model_version != version))) or 0
+
+    @property
+    def transcriber(self) -> Transcriber:
+        with self._lock:
+            if self._transcriber is None:
+                self._transcriber = Transcriber.from_settings(self.settings)
+            return self._transcriber
+
+
+class Worker:
+    def __init__(self, services: Services, owner: str | None = None) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.owner = default_owner(owner)
+        self.queue = JobQueue(services.sessions, self.settings.max_attempts, self.settings.lease_seconds,
+                              self.settings.retry_backoff_s)
+        self.work_dir = self.settings.home / "work" / self.owner
+        model = services.encoder.model
+        self.store = (FeatureStore(self.settings.features_dir, model.config.num_frames, model.config.embed_dim,
+                                   owner=self.owner) if model is not None else None)
+        self.thumbs = self.settings.media_dir / "thumbnails"
+
+    # ------------------------------------------------------------------ lifecycle
+    def startup(self) -> None:
+        """Take back what this worker id held when it died, and repair the indexes from the database."""
+        released = self.queue.release_own(self.owner)
+        if released:
+            log.info("requeued %d item(s) this worker held when it stopped", released)
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        stale = self.services.stale_videos()
+        if stale:
+            log.warning("%d video(s) were encoded with another model (or none) and are not visually searchable "
+                        "with this one: run `save-search reindex` to re-encode them", stale)
+        reports = self.services.catalog.sync()
+        if any(r.added or r.removed for r in reports.values()):
+            log.info("index repair: %s", {k: vars(v) for k, v in reports.items()})
+            self.services.catalog.publish()
+
+    def run_once(self) -> int:
+        ids = self.queue.claim(self.owner, limit=max(1, self.settings.encode_batch_size))
+        if ids:
+            self.process(ids)
+        return len(ids)
+
+    def run(self, stop: threading.Event | None = None, poll_s: float = 1.0, exit_when_idle: bool = False) -> None:
+        self.startup()
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            if self.run_once() == 0:
+                if exit_when_idle and self.queue.pending() == 0:
+                    return
+                stop.wait(poll_s)
+
+    # ------------------------------------------------------------------ one batch
+    def process(self, item_ids: list[int]) -> None:
+        prepared: list[Prepared] = []
+        for item_id in item_ids:
+            try:
+                p = self.prepare(item_id)
+                if p is not None:
+                    prepared.append(p)
+            except IngestError as exc:
+                self._fail(item_id, exc)
+            except MemoryError as exc:
+                self._fail(item_id, TransientError(f"out of memory while processing: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - an unexpected bug fails the item, never the queue
+                log.exception("item %s failed unexpectedly", item_id)
+                self._fail(item_id, TransientError(f"unexpected error: {type(exc).__name__}: {exc}"))
+        if not prepared:
+            return
+        embeddings = self._encode(prepared)
+        for p, emb in zip(prepared, embeddings, strict=True):
+            try:
+                self.commit(p, emb)
+            except IngestError as exc:
+                self._fail(p.item_id, exc)
+            except Exception as exc:  # noqa: BLE001
+                log.exception("item %s failed at commit", p.item_id)
+                self._fail(p.item_id, TransientError(f"could not store the video: {type(exc).__name__}: {exc}"))
+            finally:
+                shutil.rmtree(self.work_dir / str(p.item_id), ignore_errors=True)
+        self.services.catalog.sync()
+        self.services.catalog.publish()
+
+    def _fail(self, item_id: int, error: IngestError) -> None:
+        outcome = self.queue.mark_failed(item_id, self.owner, error)
+        log.warning("item %s: %s [%s] -> %s", item_id, error.reason, error.kind, outcome)
+        shutil.rmtree(self.work_dir / str(item_id), ignore_errors=True)
+
+    def _encode(self, prepared: list[Prepared]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+        encoder = self.services.encoder
+        if not encoder.available:
+            return [None] * len(prepared)
+        for p in prepared:
+            self.queue.heartbeat(p.item_id, self.owner, stage="encode", progress=0.8)
+        emb = encoder.encode_videos([p.inputs for p in prepared])
+        return [(emb.frames[i].numpy(), emb.mask[i].numpy(), emb.pooled[i].numpy()) for i in range(len(prepared))]
+
+    def _item(self, item_id: int) -> JobItem:
+        with self.services.sessions() as s:
+            item = s.get(JobItem, item_id)
+            if item is None:
+                raise IngestError(f"job item {item_id} disappeared", kind="missing_item")
+            s.expunge(item)
+            return item
+
+    def _existing_video(self, content_hash: str) -> int | None:
+        with self.services.sessions() as s:
+            return s.scalar(select(Video.id).where(Video.content_hash == content_hash))
+
+    def _finish_duplicate(self, item_id: int, video_id: int, content_hash: str) -> None:
+        with self.services.sessions.begin() as s:
+            self.queue.mark_done(s, item_id, self.owner, video_id, content_hash)
+        log.info("item %s is a copy of video %s: nothing to do", item_id, video_id)
+
+    def prepare(self, item_id: int) -> Prepared | None:
+        """The CPU/ASR stages for one item. Returns None when the item turned out to be a known video."""
+        item = self._item(item_id)
+        settings = self.settings
+        beat = self.queue.heartbeat
+        beat(item_id, self.owner, stage="probe", progress=0.05)
+        path = check_access(item.path, None)
+        result = probe(path, settings.max_duration_s, settings.max_size_bytes)
+        content_hash = hash_file(path)
+        existing = self._existing_video(content_hash)
+        if existing is not None:
+            self._finish_duplicate(item_id, existing, content_hash)
+            return None
+        beat(item_id, self.owner, stage="decode", progress=0.15)
+        work = self.work_dir / str(item_id)
+        work.mkdir(parents=True, exist_ok=True)
+        decoded = decode(path, work)
+        beat(item_id, self.owner, stage="transcribe", progress=0.35)
+        pcm = pcm_memmap(decoded.audio_path) if decoded.audio_path is not None else None
+        if pcm is not None and len(pcm):
+            transcript = self.services.transcriber.transcribe(pcm)
+        else:
+            transcript = Transcript("", None, 0.0, result.duration_s, [])
+        beat(item_id, self.owner, stage="prepare", progress=0.7)
+        inputs = self._model_inputs(decoded, pcm, transcript.text)
+        texts = [seg.text for seg in transcript.segments]
+        embeddings = (self.services.sentences.encode(texts) if texts
+                      else np.zeros((0, self.services.sentences.dim), np.float32))
+        thumb = save_thumbnail(decoded.thumbnail, self.thumbs / f"{content_hash}.jpg")
+        return Prepared(item_id, path, item.filename, content_hash, result, decoded, transcript, inputs, embeddings,
+                        thumb)
+
+    def _model_inputs(self, decoded: DecodedVideo, pcm: np.ndarray | None, transcript: str) -> VideoInputs:
+        encoder = self.services.encoder
+        pixel_values, video_mask = preprocess_frames(decoded.frames, image_size=encoder.image_size)
+        if encoder.audio_kind == "fbank":
+            audio, has_audio = fbank_from_pcm(pcm) if pcm is not None and len(pcm) else audio_features(None, "fbank")
+        else:
+            wave = None if pcm is None else np.asarray(pcm[: 30 * 16000], dtype=np.float32) / 32768.0
+            audio, has_audio = audio_features(wave, encoder.audio_kind)
+        speech_ids = tokenize_speech([transcript])[0][0]
+        return VideoInputs(pixel_values, video_mask, audio, has_audio, speech_ids)
+
+    # ------------------------------------------------------------------ the commit point
+    def commit(self, p: Prepared, embedding: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> int:
+        status = self.services.encoder.status()
+        t = p.transcript
+        sessions = self.services.sessions
+        try:
+            with sessions.begin() as s:
+                video = Video(content_hash=p.content_hash, filename=p.filename, source_path=str(p.path),
+                              size_bytes=p.probe.size_bytes, duration_s=p.probe.duration_s, width=p.probe.width,
+                              height=p.probe.height, has_audio=p.probe.has_audio, thumbnail_path=str(p.thumbnail),
+                              transcript=t.text, language=t.language,
+                              language_probability=t.language_probability, model_mode=status.mode)
+                for i, (seg, vec) in enumerate(zip(t.segments, p.segment_embeddings, strict=True)):
+                    video.segments.append(Segment(idx=i, start_s=seg.start, end_s=seg.end, text=seg.text,
+                                                  embedding=to_blob(vec)))
+                s.add(video)
+                s.flush()
+                if embedding is not None and self.store is not None:
+                    frames, mask, pooled = embedding
+                    ref = self.store.append(video.id, frames.astype(np.float16), mask.astype(np.uint8))
+                    video.feature_shard, video.feature_offset = ref.shard, ref.offset
+                    video.pooled = to_blob(pooled)
+                    video.model_version = status.model_version
+                if not self.queue.mark_done(s, p.item_id, self.owner, video.id, p.content_hash):
+                    raise TransientError("lost the claim on this item (lease expired); another worker redoes it")
+                video_id = video.id
+        except IntegrityError:
+            existing = self._existing_video(p.content_hash)
+            if existing is None:
+                raise
+            self._finish_duplicate(p.item_id, existing, p.content_hash)
+            return existing
+        log.info("indexed %s as video %s (%.1f s, %s, %d segments)", p.filename, video_id, p.probe.duration_s,
+                 status.mode, len(t.segments))
+        return video_id
+
+
+def run_worker(settings: Settings, exit_when_idle: bool = False) -> None:
+    services = Services(settings)
+    Worker(services).run(exit_when_idle=exit_when_idle)
