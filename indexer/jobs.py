@@ -187,7 +187,7 @@ class JobQueue:
         finished = counts.get("done", 0) + counts.get("failed", 0)
         if total and finished == total:
             job.status = "failed" if counts.get("failed", 0) == total else "done"
-        elif counts.get("running", 0) or finished:
+        elif counts.get("running", 0) or job.status == "running":  # running once a worker has started on it
             job.status = "running"
         else:
             job.status = "queued"

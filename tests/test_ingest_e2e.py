@@ -211,3 +211,39 @@ def test_cli_ingest_wait_json_and_search_json(tmp_path, corpus, monkeypatch):
     data = json.loads(result.stdout)
     assert data["results"][0]["filename"] == "jfk.mp4"
     assert {"video_id", "filename", "score", "transcript", "segment"} <= set(data["results"][0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fresh_db_url", ["postgres"], indirect=True)
+def test_postgres_backend_end_to_end(fresh_db_url, tmp_path, corpus):
+    settings = Settings(home=tmp_path / "home", database_url=fresh_db_url, model=str(tmp_path / "none"),
+                        expected_languages=["en"])
+    services = Services(settings)
+    assert services.engine.dialect.name == "postgresql"
+    _ingest(services, [corpus / "jfk.mp4", corpus / "LJ001-0005.mp4", corpus / "jfk.mp4"])
+    with services.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Video)) == 2
+    service = SearchService(services)
+    assert service.search("movable metal letters invented", k=2).results[0].filename == "LJ001-0005.mp4"
+    top = service.search("ask what you can do for your country", k=2).results[0]
+    assert top.filename == "jfk.mp4" and "country" in top.segment.text.lower()
+
+
+@pytest.mark.slow
+def test_model_change_requires_and_offers_reindex(tmp_path, corpus, tiny_weights):
+    from indexer.reindex import rebuild_indexes, reencode_stale
+
+    home = tmp_path / "home"
+    speech = Services(Settings(home=home, model=str(tmp_path / "none")))
+    _ingest(speech, [corpus / "jfk.mp4", corpus / "silence_girl.mp4"])
+    clip_dir, ast_dir = tiny_weights
+    full = Services(Settings(home=home, model="tiny", clip_source=str(clip_dir), audio_source=str(ast_dir)))
+    assert full.stale_videos() == 2
+    assert len(full.catalog.videos.index) == 0  # other embedding spaces are never mixed in
+    assert all(r.visual_score is None for r in SearchService(full).search("a girl", k=2).results)
+    assert reencode_stale(full) == (2, 0)
+    assert full.stale_videos() == 0
+    counts = rebuild_indexes(full)
+    assert counts["videos"] == 2 and counts["segments"] >= 1
+    results = SearchService(full).search("a girl", k=2).results
+    assert len(results) == 2 and all(r.visual_score is not None for r in results)
