@@ -387,6 +387,77 @@ def reindex(
     typer.echo(f"indexes rebuilt: {counts}")
 
 
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    no_worker: Annotated[bool, typer.Option(
+        "--no-worker", help="API only; run `save-search worker` separately (API replicas can share one database).",
+    )] = False,
+    database_url: DatabaseOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Start the search API and web page (with an embedded ingest worker unless --no-worker)."""
+    _setup_logging()
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = _settings(database_url, model)
+    uvicorn.run(create_app(settings, embedded_worker=not no_worker), host=host, port=port, log_level="info")
+
+
+api_key_app = typer.Typer(help="API keys (stored hashed in the database).", no_args_is_help=True)
+app.add_typer(api_key_app, name="api-key")
+
+
+@api_key_app.command("create")
+def api_key_create(name: Annotated[str, typer.Argument(help="Who or what uses the key.")],
+                   database_url: DatabaseOpt = None) -> None:
+    """Create a key; it is printed once and only its hash is stored."""
+    from app.deps import hash_key, new_key
+    from indexer.db import ApiKey, make_engine, session_factory
+    from indexer.migrate import init_db
+
+    settings = _settings(database_url)
+    init_db(settings.db_url)
+    key = new_key()
+    with session_factory(make_engine(settings.db_url)).begin() as s:
+        s.add(ApiKey(name=name, key_hash=hash_key(key)))
+    typer.echo(key)
+
+
+@api_key_app.command("list")
+def api_key_list(database_url: DatabaseOpt = None) -> None:
+    """List keys (names and ids; the keys themselves are not stored)."""
+    from sqlalchemy import select
+
+    from indexer.db import ApiKey, make_engine, session_factory
+    from indexer.migrate import init_db
+
+    settings = _settings(database_url)
+    init_db(settings.db_url)
+    with session_factory(make_engine(settings.db_url))() as s:
+        for k in s.scalars(select(ApiKey).order_by(ApiKey.id)):
+            typer.echo(f"{k.id}\t{k.name}\t{'revoked' if k.revoked else 'active'}\t{k.created_at:%Y-%m-%d %H:%M}")
+
+
+@api_key_app.command("revoke")
+def api_key_revoke(key_id: int, database_url: DatabaseOpt = None) -> None:
+    """Revoke a key by id."""
+    from indexer.db import ApiKey, make_engine, session_factory
+    from indexer.migrate import init_db
+
+    settings = _settings(database_url)
+    init_db(settings.db_url)
+    with session_factory(make_engine(settings.db_url)).begin() as s:
+        key = s.get(ApiKey, key_id)
+        if key is None:
+            _fail(f"no API key with id {key_id}")
+        key.revoked = True
+    typer.echo(f"revoked key {key_id}")
+
+
 def main() -> None:
     try:
         app()

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
@@ -72,6 +73,9 @@ class Video(Base):
     feature_shard: Mapped[str | None] = mapped_column(String(255))
     feature_offset: Mapped[int | None] = mapped_column(BigInteger)
     pooled: Mapped[bytes | None] = mapped_column(LargeBinary)  # fp16 pooled vector, for index rebuilds
+    # pending: an upload reserved this row and waits for the worker; failed: see ``error``.
+    status: Mapped[str] = mapped_column(String(16), default="indexed", server_default="indexed", index=True)
+    error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     segments: Mapped[list[Segment]] = relationship(back_populates="video", cascade="all, delete-orphan",
@@ -135,6 +139,18 @@ class JobItem(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="items")
+
+
+class ApiKey(Base):
+    """An API key, stored only as its SHA-256 (the key itself is shown once, at creation)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Meta(Base):

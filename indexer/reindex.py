@@ -30,8 +30,8 @@ def reencode_stale(services: Services, batch: int = 8, worker_id: str = "reindex
     worker = Worker(services, owner=worker_id)
     assert worker.store is not None
     with services.sessions() as s:
-        ids = list(s.scalars(select(Video.id).where(or_(Video.model_version.is_(None),
-                                                        Video.model_version != version)).order_by(Video.id)))
+        ids = list(s.scalars(select(Video.id).where(Video.status == "indexed", or_(
+            Video.model_version.is_(None), Video.model_version != version)).order_by(Video.id)))
     done = failed = 0
     for start in range(0, len(ids), batch):
         with services.sessions() as s:

@@ -44,6 +44,12 @@ class Settings:
     # index
     index_type: str = "auto"  # auto | flat | ivfpq | hnsw
     encode_batch_size: int = 8
+    # search service
+    speech_weight: float = 0.5  # fusion weight of the transcript match (see indexer/search.py)
+    api_keys: list[str] = field(default_factory=list)  # plain keys from the environment (or hashed in the DB)
+    read_requires_key: bool = False  # once keys exist, writes always need one; reads only if this is set
+    max_query_chars: int = 500
+    max_k: int = 100
     # jobs
     max_attempts: int = 3
     lease_seconds: float = 600.0
@@ -78,8 +84,10 @@ class Settings:
             raw = _env(f.name.upper())
             if raw is None:
                 continue
-            if f.name in ("expected_languages",):
+            if f.name in ("expected_languages", "api_keys"):
                 values[f.name] = _env_list(f.name.upper())
+            elif f.type in ("bool",):
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
             elif f.name == "allowed_roots":
                 values[f.name] = [Path(p) for p in _env_list(f.name.upper())]
             elif f.type in ("int",):

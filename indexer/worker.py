@@ -57,6 +57,7 @@ class Prepared:
     path: Path
     filename: str
     content_hash: str
+    reserved_video_id: int | None
     probe: ProbeResult
     decoded: DecodedVideo
     transcript: Transcript
@@ -79,6 +80,7 @@ class Services:
         self.sentences = sentences or SentenceEncoder()
         self._transcriber = transcriber
         self._lock = threading.Lock()
+        self.index_lock = threading.RLock()  # the in-process catalog is shared by an embedded worker and the API
         status = self.encoder.status()
         dim = self.encoder.model.config.embed_dim if self.encoder.model is not None else None
         self.catalog = Catalog(settings.index_dir, self.sessions, status.model_version, dim, SEGMENT_SPACE,
@@ -92,7 +94,7 @@ class Services:
             return 0
         with self.sessions() as s:
             return s.scalar(select(func.count()).select_from(Video).where(
-                or_(Video.model_version.is_(None), Video.model_version != version))) or 0
+                Video.status == "indexed", or_(Video.model_version.is_(None), Video.model_version != version))) or 0
 
     @property
     def transcriber(self) -> Transcriber:
@@ -126,10 +128,11 @@ class Worker:
         if stale:
             log.warning("%d video(s) were encoded with another model (or none) and are not visually searchable "
                         "with this one: run `save-search reindex` to re-encode them", stale)
-        reports = self.services.catalog.sync()
-        if any(r.added or r.removed for r in reports.values()):
-            log.info("index repair: %s", {k: vars(v) for k, v in reports.items()})
-            self.services.catalog.publish()
+        with self.services.index_lock:
+            reports = self.services.catalog.sync()
+            if any(r.added or r.removed for r in reports.values()):
+                log.info("index repair: %s", {k: vars(v) for k, v in reports.items()})
+                self.services.catalog.publish()
 
     def run_once(self) -> int:
         ids = self.queue.claim(self.owner, limit=max(1, self.settings.encode_batch_size))
@@ -174,12 +177,19 @@ class Worker:
                 self._fail(p.item_id, TransientError(f"could not store the video: {type(exc).__name__}: {exc}"))
             finally:
                 shutil.rmtree(self.work_dir / str(p.item_id), ignore_errors=True)
-        self.services.catalog.sync()
-        self.services.catalog.publish()
+        with self.services.index_lock:
+            self.services.catalog.sync()
+            self.services.catalog.publish()
 
     def _fail(self, item_id: int, error: IngestError) -> None:
         outcome = self.queue.mark_failed(item_id, self.owner, error)
         log.warning("item %s: %s [%s] -> %s", item_id, error.reason, error.kind, outcome)
+        if outcome == "failed":
+            with self.services.sessions.begin() as s:  # an upload's reserved video shows the failure too
+                item = s.get(JobItem, item_id)
+                video = s.get(Video, item.video_id) if item is not None and item.video_id else None
+                if video is not None and video.status == "pending":
+                    video.status, video.error = "failed", error.reason
         shutil.rmtree(self.work_dir / str(item_id), ignore_errors=True)
 
     def _encode(self, prepared: list[Prepared]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
@@ -218,7 +228,7 @@ class Worker:
         result = probe(path, settings.max_duration_s, settings.max_size_bytes)
         content_hash = hash_file(path)
         existing = self._existing_video(content_hash)
-        if existing is not None:
+        if existing is not None and existing != item.video_id:
             self._finish_duplicate(item_id, existing, content_hash)
             return None
         beat(item_id, self.owner, stage="decode", progress=0.15)
@@ -237,8 +247,8 @@ class Worker:
         embeddings = (self.services.sentences.encode(texts) if texts
                       else np.zeros((0, self.services.sentences.dim), np.float32))
         thumb = save_thumbnail(decoded.thumbnail, self.thumbs / f"{content_hash}.jpg")
-        return Prepared(item_id, path, item.filename, content_hash, result, decoded, transcript, inputs, embeddings,
-                        thumb)
+        return Prepared(item_id, path, item.filename, content_hash, item.video_id, result, decoded, transcript, inputs,
+                        embeddings, thumb)
 
     def _model_inputs(self, decoded: DecodedVideo, pcm: np.ndarray | None, transcript: str) -> VideoInputs:
         encoder = self.services.encoder
@@ -258,11 +268,18 @@ class Worker:
         sessions = self.services.sessions
         try:
             with sessions.begin() as s:
-                video = Video(content_hash=p.content_hash, filename=p.filename, source_path=str(p.path),
+                fields = dict(content_hash=p.content_hash, filename=p.filename, source_path=str(p.path),
                               size_bytes=p.probe.size_bytes, duration_s=p.probe.duration_s, width=p.probe.width,
                               height=p.probe.height, has_audio=p.probe.has_audio, thumbnail_path=str(p.thumbnail),
-                              transcript=t.text, language=t.language,
-                              language_probability=t.language_probability, model_mode=status.mode)
+                              transcript=t.text, language=t.language, language_probability=t.language_probability,
+                              model_mode=status.mode, status="indexed", error=None)
+                video = s.get(Video, p.reserved_video_id) if p.reserved_video_id else None
+                if video is None:
+                    video = Video(**fields)
+                else:  # an upload reserved this row when it was accepted
+                    for key, value in fields.items():
+                        setattr(video, key, value)
+                    video.segments.clear()
                 for i, (seg, vec) in enumerate(zip(t.segments, p.segment_embeddings, strict=True)):
                     video.segments.append(Segment(idx=i, start_s=seg.start, end_s=seg.end, text=seg.text,
                                                   embedding=to_blob(vec)))

@@ -1,0 +1,82 @@
+"""The FastAPI application: thin routers over the indexer's services.
+
+``create_app`` loads the models once (``Services``), optionally runs an embedded ingest worker in a thread
+(the single-process default of ``save-search serve``), and serves the search page at ``/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from indexer.jobs import JobQueue
+from indexer.search import SearchService
+from indexer.settings import Settings
+from indexer.worker import Services, Worker
+
+from .deps import AppState
+from .metrics import Metrics, MetricsMiddleware
+from .routers import health, jobs, search, videos
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
+API_VERSION = "1.0.0"
+
+
+def create_app(settings: Settings | None = None, embedded_worker: bool = True,
+               services: Services | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        svc = services or Services(settings)
+        queue = JobQueue(svc.sessions, settings.max_attempts, settings.lease_seconds, settings.retry_backoff_s)
+        state = AppState(settings, svc, SearchService(svc), queue, "embedded" if embedded_worker else "external")
+        app.state.save = state
+        app.state.metrics = Metrics(svc.sessions)
+        status = svc.encoder.status()
+        log.info("model mode: %s (%s)", status.mode, status.reason)
+        log.info("auth: %s", state.auth_mode)
+        stop = threading.Event()
+        thread = None
+        if embedded_worker:
+            worker = Worker(svc)
+            thread = threading.Thread(target=worker.run, kwargs={"stop": stop, "poll_s": 0.5}, name="ingest-worker",
+                                      daemon=True)
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join(timeout=30)
+
+    app = FastAPI(title="save-search", version=API_VERSION, lifespan=lifespan,
+                  description="Text-to-video search that understands what is said (SAVE: CLIP frames, AST audio, "
+                              "Whisper transcripts, gated fusion). Scores and modes are explained in the README.")
+    app.add_middleware(MetricsMiddleware)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("query", "body"))
+            parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return JSONResponse(status_code=422, content={"detail": "; ".join(parts) or "invalid request"})
+
+    for router in (search.router, videos.router, jobs.router, health.router):
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    return app

@@ -1,0 +1,35 @@
+"""Liveness, readiness (which model mode is loaded and why) and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import func, select
+
+from indexer.db import Video
+
+from ..deps import AppState
+from ..schemas import Health, Ready
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Ready)
+def readyz(request: Request) -> Ready:
+    state: AppState = request.app.state.save
+    status = state.services.encoder.status()
+    with state.services.sessions() as s:
+        videos = s.scalar(select(func.count()).select_from(Video).where(Video.status == "indexed")) or 0
+    return Ready(ready=True, mode=status.mode, reason=status.reason, model=status.details, videos=videos,
+                 queue_depth=state.queue.pending(), worker=state.worker_mode, auth=state.auth_mode)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

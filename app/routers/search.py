@@ -1,0 +1,72 @@
+"""GET /v1/search: ranked videos with their transcript and best matching moment."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+from fastapi import APIRouter, HTTPException, Query
+
+from indexer.search import SearchResult as Found
+from indexer.transcripts import highlight_terms
+
+from ..deps import ReadState
+from ..schemas import Moment, SearchResponse, SearchResult
+
+router = APIRouter(prefix="/v1", tags=["search"])
+
+
+def _query_fingerprint(q: str, k: int, min_score: float | None) -> str:
+    return hashlib.sha256(json.dumps([" ".join(q.split()), k, min_score]).encode()).hexdigest()[:16]
+
+
+def encode_page_token(offset: int, as_of: int, fingerprint: str) -> str:
+    raw = json.dumps({"o": offset, "a": as_of, "q": fingerprint}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str, fingerprint: str) -> tuple[int, int]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        offset, as_of, fp = int(data["o"]), int(data["a"]), str(data["q"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise HTTPException(422, "page_token is not valid") from exc
+    if fp != fingerprint or offset < 0:
+        raise HTTPException(422, "page_token belongs to another query (q, k and min_score must not change)")
+    return offset, as_of
+
+
+def to_api(result: Found, query: str) -> SearchResult:
+    seg = result.segment
+    return SearchResult(
+        video_id=result.video_id, filename=result.filename, score=result.score, visual_score=result.visual_score,
+        speech_score=result.speech_score, duration=result.duration, language=result.language,
+        thumbnail_url=f"/v1/videos/{result.video_id}/thumbnail", video_url=f"/v1/videos/{result.video_id}/media",
+        transcript=result.transcript,
+        segment=None if seg is None else Moment(start=seg.start, end=seg.end, text=seg.text,
+                                                highlights=highlight_terms(query, seg.text)),
+    )
+
+
+@router.get("/search", response_model=SearchResponse, summary="Search videos in plain language")
+def search(
+    state: ReadState,
+    q: str = Query(min_length=1, max_length=500, description="What to look for; matched against what is seen "
+                                                             "and what is said."),
+    k: int = Query(10, ge=1, le=100, description="Results per page."),
+    page_token: str | None = Query(None, max_length=512, description="next_page_token of the previous page."),
+    min_score: float | None = Query(None, ge=-1.0, le=1.0, description="Drop results scoring below this."),
+) -> SearchResponse:
+    if not q.strip():
+        raise HTTPException(422, "the query is empty")
+    fingerprint = _query_fingerprint(q, k, min_score)
+    offset, as_of = decode_page_token(page_token, fingerprint) if page_token else (0, None)
+    try:
+        page = state.search.search(q, k=k, offset=offset, min_score=min_score, as_of=as_of)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    more = offset + len(page.results) < page.total_candidates
+    token = encode_page_token(offset + len(page.results), page.as_of, fingerprint) if more else None
+    return SearchResponse(query=q, mode=page.mode, results=[to_api(r, q) for r in page.results],
+                          next_page_token=token)

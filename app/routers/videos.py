@@ -1,0 +1,90 @@
+"""Videos: upload, metadata with transcript, thumbnail, playback (HTTP ranges), deletion."""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+
+from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+
+from indexer.db import Video
+
+from ..deps import AppState, ReadState, WriteState
+from ..schemas import ErrorOut, SegmentOut, UploadAccepted, VideoOut
+from ..uploads import accept_upload, delete_video
+
+router = APIRouter(prefix="/v1/videos", tags=["videos"])
+
+
+def _video_out(v: Video) -> VideoOut:
+    return VideoOut(
+        video_id=v.id, status=v.status, error=v.error, filename=v.filename, duration=v.duration_s, width=v.width,
+        height=v.height, has_audio=v.has_audio, size_bytes=v.size_bytes, language=v.language,
+        model_mode=v.model_mode, model_version=v.model_version, created_at=v.created_at.isoformat() + "Z",
+        thumbnail_url=f"/v1/videos/{v.id}/thumbnail", video_url=f"/v1/videos/{v.id}/media",
+        transcript=v.transcript or "",
+        segments=[SegmentOut(start=s.start_s, end=s.end_s, text=s.text) for s in v.segments],
+    )
+
+
+def _get(state: AppState, video_id: int) -> Video:
+    with state.services.sessions() as s:
+        video = s.get(Video, video_id)
+        if video is None:
+            raise HTTPException(404, f"no video with id {video_id}")
+        _ = video.segments  # load while the session is open
+        s.expunge_all()
+        return video
+
+
+@router.post("", status_code=202, response_model=UploadAccepted, summary="Upload a video for indexing",
+             responses={413: {"model": ErrorOut}, 415: {"model": ErrorOut}, 422: {"model": ErrorOut}})
+def upload(request: Request, state: WriteState,
+           file: UploadFile = File(description="The video file.")) -> UploadAccepted:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > state.settings.max_size_bytes + 1024 * 1024:
+        raise HTTPException(413, f"the upload is larger than the maximum of {state.settings.max_size_bytes} bytes")
+    return accept_upload(state, file)
+
+
+@router.get("", response_model=list[VideoOut], summary="List videos, newest first")
+def list_videos(state: ReadState, limit: int = Query(50, ge=1, le=500),
+                offset: int = Query(0, ge=0, le=10_000_000)) -> list[VideoOut]:
+    with state.services.sessions() as s:
+        videos = list(s.scalars(select(Video).order_by(Video.id.desc()).limit(limit).offset(offset)))
+        return [_video_out(v) for v in videos]
+
+
+@router.get("/{video_id}", response_model=VideoOut, responses={404: {"model": ErrorOut}},
+            summary="Metadata and the transcript with its segments")
+def get_video(video_id: int, state: ReadState) -> VideoOut:
+    return _video_out(_get(state, video_id))
+
+
+@router.get("/{video_id}/thumbnail", response_class=FileResponse, responses={404: {"model": ErrorOut}})
+def thumbnail(video_id: int, state: ReadState) -> FileResponse:
+    video = _get(state, video_id)
+    if not video.thumbnail_path or not Path(video.thumbnail_path).is_file():
+        raise HTTPException(404, "this video has no thumbnail yet")
+    return FileResponse(video.thumbnail_path, media_type="image/jpeg",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+
+@router.get("/{video_id}/media", response_class=FileResponse, responses={404: {"model": ErrorOut}},
+            summary="The video file, with HTTP range requests (seekable playback)")
+def media(video_id: int, state: ReadState) -> FileResponse:
+    video = _get(state, video_id)
+    path = Path(video.source_path)
+    if not path.is_file():
+        raise HTTPException(404, "the media file of this video is no longer available")
+    media_type = mimetypes.guess_type(video.filename)[0] or mimetypes.guess_type(path.name)[0] or "video/mp4"
+    return FileResponse(path, media_type=media_type)
+
+
+@router.delete("/{video_id}", status_code=204, responses={404: {"model": ErrorOut}},
+               summary="Remove a video from the index and the database, with the files we own")
+def delete(video_id: int, state: WriteState) -> None:
+    if not delete_video(state, video_id):
+        raise HTTPException(404, f"no video with id {video_id}")

@@ -1,0 +1,118 @@
+"""Pydantic v2 schemas of the public API (v1). The search result is the same object the CLI prints."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Moment(BaseModel):
+    start: float = Field(description="Start of the best matching transcript segment, in seconds.")
+    end: float = Field(description="End of that segment, in seconds.")
+    text: str
+    highlights: list[tuple[int, int]] = Field(default_factory=list,
+                                              description="Character spans of `text` matching the query words.")
+
+
+class SearchResult(BaseModel):
+    video_id: int
+    filename: str = Field(description="Original file name.")
+    score: float = Field(description="Fused score: (1 - w) * visual_score + w * speech_score (see README).")
+    visual_score: float | None = Field(description="Exact SAVE similarity / logit scale; null in speech mode.")
+    speech_score: float | None = Field(description="Best transcript match in [0, 1]; null without speech.")
+    duration: float
+    language: str | None = None
+    thumbnail_url: str
+    video_url: str
+    transcript: str
+    segment: Moment | None
+
+
+class SearchResponse(BaseModel):
+    query: str
+    mode: str = Field(description="save-fused, zero-shot-clip or speech.")
+    results: list[SearchResult]
+    next_page_token: str | None = None
+
+
+class SegmentOut(BaseModel):
+    start: float
+    end: float
+    text: str
+
+
+class VideoOut(BaseModel):
+    video_id: int
+    status: str = Field(description="pending, indexed or failed.")
+    error: str | None = None
+    filename: str
+    duration: float | None = None
+    width: int | None = None
+    height: int | None = None
+    has_audio: bool | None = None
+    size_bytes: int | None = None
+    language: str | None = None
+    model_mode: str | None = None
+    model_version: str | None = None
+    created_at: str
+    thumbnail_url: str
+    video_url: str
+    transcript: str
+    segments: list[SegmentOut]
+
+
+class UploadAccepted(BaseModel):
+    video_id: int
+    job_id: int
+    status: str = Field(description="queued, or done when this exact file was already indexed.")
+    duplicate: bool = False
+
+
+class IngestJobRequest(BaseModel):
+    paths: list[str] = Field(min_length=1, max_length=100_000,
+                             description="Server-side files or folders under the configured allowed roots.")
+    recursive: bool = False
+
+
+class JobItemOut(BaseModel):
+    item_id: int
+    path: str
+    filename: str
+    status: str
+    stage: str | None
+    progress: float
+    attempts: int
+    video_id: int | None
+    error: str | None
+    error_kind: str | None
+
+
+class JobOut(BaseModel):
+    job_id: int
+    kind: str
+    status: str = Field(description="queued, running, done (every item finished) or failed (every item failed).")
+    total: int
+    done: int
+    failed: int
+    queued: int
+    running: int
+    progress: float
+    items: list[JobItemOut]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    mode: str
+    reason: str
+    model: dict
+    videos: int
+    queue_depth: int
+    worker: str
+    auth: str
+
+
+class ErrorOut(BaseModel):
+    detail: str
