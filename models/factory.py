@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +53,35 @@ def _check_dims(kind: str, source: str, expected: dict[str, Any], loaded: Any) -
         raise WeightsUnavailableError(f"{kind} weights at {source!r} do not match the model config ({details})")
 
 
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """A quick look before asking the hub: without it, transformers retries for ~30 s before failing."""
+    endpoint = os.environ.get("HF_ENDPOINT", f"https://{host}")
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def from_pretrained(cls: Any, source: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` for a hub id or a local folder: the cache first, then the hub if it answers."""
+    if Path(source).expanduser().is_dir():
+        return cls.from_pretrained(str(Path(source).expanduser()), **kwargs)
+    try:
+        return cls.from_pretrained(source, local_files_only=True, **kwargs)
+    except OSError:
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or not _hub_reachable():
+            raise OSError(f"{source!r} is not a local folder, not in the Hugging Face cache, and the hub "
+                          "cannot be reached (offline?)") from None
+    return cls.from_pretrained(source, **kwargs)
+
+
 def build_clip(spec: ClipSpec, pretrained: bool) -> CLIPModel:
     if not (pretrained and spec.source):
         return CLIPModel(clip_config_from_spec(spec))
     try:
-        model = CLIPModel.from_pretrained(spec.source)
+        model = from_pretrained(CLIPModel, spec.source)
     except (OSError, ValueError) as exc:
         raise WeightsUnavailableError(f"cannot load CLIP weights from {spec.source!r}: {exc}") from exc
     _check_dims("CLIP text", spec.source, spec.text_config, model.config.text_config)
@@ -72,7 +98,7 @@ def _whisper_encoder_from_source(source: str) -> WhisperEncoder:
         from .ctranslate2_whisper import whisper_encoder_from_ct2
 
         return whisper_encoder_from_ct2(folder)
-    return WhisperModel.from_pretrained(resolved).get_encoder()
+    return from_pretrained(WhisperModel, resolved).get_encoder()
 
 
 def build_audio_encoder(spec: AudioSpec, pretrained: bool) -> AudioEncoder:
@@ -82,7 +108,7 @@ def build_audio_encoder(spec: AudioSpec, pretrained: bool) -> AudioEncoder:
             return ASTAudioEncoder(ASTModel(ast_config_from_spec(spec)))
         try:
             # timm's AST uses LayerNorm eps 1e-6 (reference §1.1); transformers' AST config says 1e-12.
-            model = ASTModel.from_pretrained(spec.source, layer_norm_eps=spec.config.get("layer_norm_eps", 1e-6))
+            model = from_pretrained(ASTModel, spec.source, layer_norm_eps=spec.config.get("layer_norm_eps", 1e-6))
         except (OSError, ValueError) as exc:
             raise WeightsUnavailableError(f"cannot load AST weights from {spec.source!r}: {exc}") from exc
         _check_dims("AST", spec.source, spec.config, model.config)
