@@ -67,7 +67,8 @@ def accept_upload(state: AppState, upload: UploadFile) -> UploadAccepted:
             info = probe(tmp, settings.max_duration_s, settings.max_size_bytes)
         except BadInputError as exc:
             code = 415 if exc.kind in UNSUPPORTED_KINDS else 413 if exc.kind == "too_large" else 422
-            raise HTTPException(code, f"{filename}: {exc.reason}") from exc
+            reason = exc.reason.replace(str(tmp), filename).replace(tmp.name, filename)  # no server paths
+            raise HTTPException(code, f"{filename}: {reason}") from exc
         content_hash = digest.hexdigest()
         with state.services.sessions() as s:
             existing = s.scalar(select(Video).where(Video.content_hash == content_hash))
@@ -127,8 +128,7 @@ def delete_video(state: AppState, video_id: int) -> bool:
                   .values(status="failed", error="cancelled: the video was deleted", error_kind="cancelled"))
         s.delete(video)
     with state.index_lock:
-        state.services.catalog.sync()
-        state.services.catalog.publish()
+        state.services.catalog.sync_and_publish()
     for path in owned:
         path.unlink(missing_ok=True)
     return True

@@ -8,7 +8,9 @@ atomic snapshots; readers reload when the published version changes.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +112,7 @@ class Catalog:
     def __init__(self, index_dir: Path, sessions: sessionmaker, model_version: str | None, video_dim: int | None,
                  segment_space: str, segment_dim: int, index_type: str = "auto") -> None:
         self.sessions = sessions
+        self.index_dir = index_dir
         self.model_version = model_version
         self.videos = (ManagedIndex(index_dir / "videos", video_dim, model_version, index_type)
                        if model_version and video_dim else None)
@@ -145,6 +148,20 @@ class Catalog:
         if self.videos is not None:
             self.videos.publish()
         self.segments.publish()
+
+    def sync_and_publish(self) -> dict[str, SyncReport]:
+        """Sync from the database and publish, as one step across processes: whoever publishes last also
+        synced last, so a snapshot never drops a video another worker committed in between."""
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.index_dir / ".sync.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.reload_if_changed()  # start from what others published (cheap when nothing changed)
+            reports = self.sync()
+            self.publish()
+            return reports
+        finally:
+            os.close(fd)
 
 
 def _fetch(s, id_col, blob_col, condition, ids: set[int] | None, chunk: int = 5000) -> list[tuple[int, np.ndarray]]:

@@ -73,8 +73,7 @@ def rebuild_indexes(services: Services) -> dict[str, int]:
             continue
         shutil.rmtree(managed.folder, ignore_errors=True)
         managed.load()
-    catalog.sync()
-    catalog.publish()
+    catalog.sync_and_publish()
     counts = {"segments": len(catalog.segments.index)}
     if catalog.videos is not None:
         counts["videos"] = len(catalog.videos.index)

@@ -129,10 +129,9 @@ class Worker:
             log.warning("%d video(s) were encoded with another model (or none) and are not visually searchable "
                         "with this one: run `save-search reindex` to re-encode them", stale)
         with self.services.index_lock:
-            reports = self.services.catalog.sync()
-            if any(r.added or r.removed for r in reports.values()):
-                log.info("index repair: %s", {k: vars(v) for k, v in reports.items()})
-                self.services.catalog.publish()
+            reports = self.services.catalog.sync_and_publish()
+        if any(r.added or r.removed for r in reports.values()):
+            log.info("index repair: %s", {k: vars(v) for k, v in reports.items()})
 
     def run_once(self) -> int:
         ids = self.queue.claim(self.owner, limit=max(1, self.settings.encode_batch_size))
@@ -151,6 +150,27 @@ class Worker:
 
     # ------------------------------------------------------------------ one batch
     def process(self, item_ids: list[int]) -> None:
+        """Run a claimed batch, renewing its leases in the background so a long video is never taken over
+        by another worker while this one is alive."""
+        stop = threading.Event()
+        beat = threading.Thread(target=self._keep_leases, args=(item_ids, stop), daemon=True)
+        beat.start()
+        try:
+            self._process(item_ids)
+        finally:
+            stop.set()
+            beat.join(timeout=5)
+
+    def _keep_leases(self, item_ids: list[int], stop: threading.Event) -> None:
+        interval = max(0.5, self.settings.lease_seconds / 3)
+        while not stop.wait(interval):
+            for item_id in item_ids:
+                try:
+                    self.queue.heartbeat(item_id, self.owner)
+                except Exception:  # noqa: BLE001 - a missed heartbeat only shortens the lease
+                    log.debug("heartbeat failed for item %s", item_id, exc_info=True)
+
+    def _process(self, item_ids: list[int]) -> None:
         prepared: list[Prepared] = []
         for item_id in item_ids:
             try:
@@ -178,8 +198,7 @@ class Worker:
             finally:
                 shutil.rmtree(self.work_dir / str(p.item_id), ignore_errors=True)
         with self.services.index_lock:
-            self.services.catalog.sync()
-            self.services.catalog.publish()
+            self.services.catalog.sync_and_publish()
 
     def _fail(self, item_id: int, error: IngestError) -> None:
         outcome = self.queue.mark_failed(item_id, self.owner, error)

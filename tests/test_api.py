@@ -154,6 +154,7 @@ def test_same_upload_twice_is_one_video(client, media, indexed):
 def test_non_video_is_415_and_too_large_is_413(client, media, tmp_path):
     r = upload(client, media / "notes.txt", name="notes.mp4")
     assert r.status_code == 415 and "notes.mp4" in r.json()["detail"]
+    assert ".tmp-" not in r.json()["detail"] and "/uploads" not in r.json()["detail"]  # no server paths leak
     audio = tmp_path / "speech.flac"
     shutil.copy(MEDIA / "speech" / "jfk.flac", audio)
     r = upload(client, audio)
