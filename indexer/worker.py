@@ -13,6 +13,10 @@ import hashlib
 import logging
 import shutil
 import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +120,16 @@ class Worker:
         self.store = (FeatureStore(self.settings.features_dir, model.config.num_frames, model.config.embed_dim,
                                    owner=self.owner) if model is not None else None)
         self.thumbs = self.settings.media_dir / "thumbnails"
+        # Seconds spent per stage and seconds of video indexed, for logs and the ingest benchmark.
+        self.stats: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stats[stage] += time.perf_counter() - start
 
     # ------------------------------------------------------------------ lifecycle
     def startup(self) -> None:
@@ -186,10 +200,14 @@ class Worker:
                 self._fail(item_id, TransientError(f"unexpected error: {type(exc).__name__}: {exc}"))
         if not prepared:
             return
-        embeddings = self._encode(prepared)
+        with self.timed("encode"):
+            embeddings = self._encode(prepared)
         for p, emb in zip(prepared, embeddings, strict=True):
             try:
-                self.commit(p, emb)
+                with self.timed("commit"):
+                    self.commit(p, emb)
+                self.stats["video_seconds"] += p.probe.duration_s
+                self.stats["videos"] += 1
             except IngestError as exc:
                 self._fail(p.item_id, exc)
             except Exception as exc:  # noqa: BLE001
@@ -197,7 +215,7 @@ class Worker:
                 self._fail(p.item_id, TransientError(f"could not store the video: {type(exc).__name__}: {exc}"))
             finally:
                 shutil.rmtree(self.work_dir / str(p.item_id), ignore_errors=True)
-        with self.services.index_lock:
+        with self.timed("index"), self.services.index_lock:
             self.services.catalog.sync_and_publish()
 
     def _fail(self, item_id: int, error: IngestError) -> None:
@@ -243,9 +261,10 @@ class Worker:
         settings = self.settings
         beat = self.queue.heartbeat
         beat(item_id, self.owner, stage="probe", progress=0.05)
-        path = check_access(item.path, None)
-        result = probe(path, settings.max_duration_s, settings.max_size_bytes)
-        content_hash = hash_file(path)
+        with self.timed("probe"):
+            path = check_access(item.path, None)
+            result = probe(path, settings.max_duration_s, settings.max_size_bytes)
+            content_hash = hash_file(path)
         existing = self._existing_video(content_hash)
         if existing is not None and existing != item.video_id:
             self._finish_duplicate(item_id, existing, content_hash)
@@ -253,19 +272,23 @@ class Worker:
         beat(item_id, self.owner, stage="decode", progress=0.15)
         work = self.work_dir / str(item_id)
         work.mkdir(parents=True, exist_ok=True)
-        decoded = decode(path, work)
+        with self.timed("decode"):
+            decoded = decode(path, work)
         beat(item_id, self.owner, stage="transcribe", progress=0.35)
         pcm = pcm_memmap(decoded.audio_path) if decoded.audio_path is not None else None
-        if pcm is not None and len(pcm):
-            transcript = self.services.transcriber.transcribe(pcm)
-        else:
-            transcript = Transcript("", None, 0.0, result.duration_s, [])
+        with self.timed("asr"):
+            if pcm is not None and len(pcm):
+                transcript = self.services.transcriber.transcribe(pcm)
+            else:
+                transcript = Transcript("", None, 0.0, result.duration_s, [])
         beat(item_id, self.owner, stage="prepare", progress=0.7)
-        inputs = self._model_inputs(decoded, pcm, transcript.text)
-        texts = [seg.text for seg in transcript.segments]
-        embeddings = (self.services.sentences.encode(texts) if texts
-                      else np.zeros((0, self.services.sentences.dim), np.float32))
-        thumb = save_thumbnail(decoded.thumbnail, self.thumbs / f"{content_hash}.jpg")
+        with self.timed("inputs"):
+            inputs = self._model_inputs(decoded, pcm, transcript.text)
+            thumb = save_thumbnail(decoded.thumbnail, self.thumbs / f"{content_hash}.jpg")
+        with self.timed("sentences"):
+            texts = [seg.text for seg in transcript.segments]
+            embeddings = (self.services.sentences.encode(texts) if texts
+                          else np.zeros((0, self.services.sentences.dim), np.float32))
         return Prepared(item_id, path, item.filename, content_hash, item.video_id, result, decoded, transcript, inputs,
                         embeddings, thumb)
 
