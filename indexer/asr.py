@@ -302,38 +302,8 @@ def _decode_media_blocks(path: Path) -> Iterator[np.ndarray]:
     but streamed. A file without an audio stream yields nothing (no speech). Corrupt packets are
     skipped, as the ffmpeg CLI does; a file that cannot be opened raises ``models.media.MediaError``.
     """
-    import av
-    import av.error
+    from models.media import audio_blocks  # lazy: models.media imports torch
 
-    def fail(reason: str) -> Exception:
-        from models.media import MediaError  # lazy: models.media imports torch
-
-        return MediaError(path, reason)
-
-    if not path.is_file():
-        raise fail("no such file" if not path.exists() else "not a regular file")
-    if path.stat().st_size == 0:
-        raise fail("empty file (0 bytes)")
-    try:
-        container = av.open(str(path), mode="r")
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise fail(f"cannot open as media ({e})") from e
-    with container:
-        if not container.streams.audio:
-            return
-        stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        try:
-            for packet in container.demux(stream):
-                try:
-                    frames = packet.decode()
-                except av.error.InvalidDataError as e:
-                    log.warning("%s: skipping corrupt audio packet: %s", path, e)
-                    continue
-                for frame in frames:
-                    for out in resampler.resample(frame):
-                        yield out.to_ndarray().reshape(-1)
-            for out in resampler.resample(None):
-                yield out.to_ndarray().reshape(-1)
-        except av.error.FFmpegError as e:
-            raise fail(f"cannot decode audio ({e})") from e
+    blocks = audio_blocks(path, SAMPLE_RATE)
+    if blocks is not None:
+        yield from blocks

@@ -13,13 +13,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
-import av.error
 import numpy as np
 import torch
 
 from indexer.errors import BadInputError
-from models.media import MediaError, read_frames
+from models.media import MediaError, audio_blocks, read_frames
 from models.preprocess import (
     AUDIO_SAMPLE_RATE,
     FBANK_BINS,
@@ -109,46 +107,28 @@ def decode_audio_to_pcm(path: Path, out_path: Path, sample_rate: int = AUDIO_SAM
     """
     path, out_path = Path(path), Path(out_path)
     try:
-        container = av.open(str(path), mode="r")
-    except (av.error.FFmpegError, OSError) as e:
-        raise BadInputError(f"{path.name} cannot be opened to decode its audio ({e})", kind="decode_failed") from e
-    with container:
-        if not container.streams.audio:
-            return None
-        stream = container.streams.audio[0]
-        if stream.codec_context is None:
-            raise BadInputError(f"the audio stream of {path.name} uses a codec FFmpeg cannot decode",
-                                kind="decode_failed")
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=int(sample_rate))
-        fd, tmp = _temp_beside(out_path, ".part")
-        written = 0
-        try:
-            with os.fdopen(fd, "wb") as out:
-
-                def _write(frames: list[av.AudioFrame]) -> None:
-                    nonlocal written
-                    for f in frames:
-                        pcm = f.to_ndarray().reshape(-1).astype(_PCM_DTYPE, copy=False)
-                        out.write(pcm.tobytes())
-                        written += pcm.size
-
-                for packet in container.demux(stream):
-                    try:
-                        decoded = packet.decode()
-                    except av.error.InvalidDataError as e:
-                        log.warning("%s: skipping corrupt audio packet: %s", path, e)
-                        continue
-                    for frame in decoded:
-                        _write(resampler.resample(frame))
-                _write(resampler.resample(None))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, out_path)
-        except av.error.FFmpegError as e:
-            tmp.unlink(missing_ok=True)
-            raise BadInputError(f"the audio of {path.name} cannot be decoded ({e})", kind="decode_failed") from e
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        blocks = audio_blocks(path, sample_rate)
+    except MediaError as e:
+        raise BadInputError(f"{path.name} cannot be opened to decode its audio ({e.reason})",
+                            kind="decode_failed") from e
+    if blocks is None:
+        return None
+    fd, tmp = _temp_beside(out_path, ".part")
+    written = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for block in blocks:
+                pcm = block.astype(_PCM_DTYPE, copy=False)
+                out.write(pcm.tobytes())
+                written += pcm.size
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out_path)
+    except MediaError as e:
+        tmp.unlink(missing_ok=True)
+        raise BadInputError(f"the audio of {path.name} cannot be decoded ({e.reason})", kind="decode_failed") from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return written
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -153,24 +154,26 @@ def _count_frames(path: PathLike) -> int:
     return count
 
 
-def read_audio(path: PathLike, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray | None:
-    """Mono float32 waveform at ``sample_rate`` in [-1, 1), or ``None`` if the file has no audio stream.
+def audio_blocks(path: PathLike, sample_rate: int = AUDIO_SAMPLE_RATE) -> Iterator[np.ndarray] | None:
+    """The first audio stream as mono int16 blocks at ``sample_rate``, streamed (one packet at a time).
 
-    Decoded to 16-bit mono by FFmpeg's resampler and scaled by 1/32768, i.e. the same samples as the
-    authors' ``ffmpeg -ac 1 -ar 16000`` pcm_s16le wav files read back by ``torchaudio.load``. Corrupt
-    packets are skipped, as the ffmpeg CLI does.
+    ``None`` when the file has no audio stream. The same samples as ``ffmpeg -ac 1 -ar RATE -f s16le``.
+    Corrupt packets are skipped, as the ffmpeg CLI does; an undecodable stream raises :class:`MediaError`
+    while iterating. The one audio decoding loop of the project: ingest, ASR and training all use it.
     """
-    with _open(path) as container:
-        if not container.streams.audio:
-            return None
+    container = _open(path)
+    if not container.streams.audio:
+        container.close()
+        return None
+    return _iter_blocks(container, path, int(sample_rate))
+
+
+def _iter_blocks(container: av.container.InputContainer, path: PathLike, sample_rate: int) -> Iterator[np.ndarray]:
+    with container:
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=int(sample_rate))
-        chunks: list[np.ndarray] = []
-
-        def _take(frames: list[av.AudioFrame]) -> None:
-            for f in frames:
-                chunks.append(f.to_ndarray().reshape(-1))
-
+        if stream.codec_context is None:
+            raise MediaError(path, "the audio stream uses a codec FFmpeg cannot decode")
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
         try:
             for packet in container.demux(stream):
                 try:
@@ -179,10 +182,25 @@ def read_audio(path: PathLike, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarr
                     log.warning("%s: skipping corrupt audio packet: %s", path, e)
                     continue
                 for frame in decoded:
-                    _take(resampler.resample(frame))
-            _take(resampler.resample(None))
+                    for out in resampler.resample(frame):
+                        yield out.to_ndarray().reshape(-1)
+            for out in resampler.resample(None):
+                yield out.to_ndarray().reshape(-1)
         except av.error.FFmpegError as e:
             raise MediaError(path, f"cannot decode audio ({e})") from e
+
+
+def read_audio(path: PathLike, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray | None:
+    """Mono float32 waveform at ``sample_rate`` in [-1, 1), or ``None`` if the file has no audio stream.
+
+    Decoded to 16-bit mono by FFmpeg's resampler and scaled by 1/32768, i.e. the same samples as the
+    authors' ``ffmpeg -ac 1 -ar 16000`` pcm_s16le wav files read back by ``torchaudio.load``. Corrupt
+    packets are skipped, as the ffmpeg CLI does.
+    """
+    blocks = audio_blocks(path, sample_rate)
+    if blocks is None:
+        return None
+    chunks = list(blocks)
     if not chunks:
         return np.zeros(0, dtype=np.float32)
     return (np.concatenate(chunks).astype(np.float32) / 32768.0).astype(np.float32)

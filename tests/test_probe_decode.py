@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer import decode as decode_mod
 from indexer import probe as probe_mod
 from indexer.decode import (
     DecodedVideo,
@@ -496,7 +495,9 @@ def test_decode_audio_to_pcm_leaves_nothing_on_failure(gen: dict[str, Path], tmp
 
     out = tmp_path / "a.s16le"
     out.write_bytes(b"old")
-    monkeypatch.setattr(decode_mod.av, "AudioResampler", Broken)
+    import models.media
+
+    monkeypatch.setattr(models.media.av, "AudioResampler", Broken)  # the one audio decoding loop lives there
     with pytest.raises(RuntimeError):
         decode_audio_to_pcm(gen["mp4_aac"], out)
     assert out.read_bytes() == b"old"  # the previous complete file is untouched
