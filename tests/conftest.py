@@ -12,6 +12,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import closing
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -85,3 +86,18 @@ def db_url(fresh_db_url: str) -> str:
 
     init_db(fresh_db_url)
     return fresh_db_url
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny random CLIP and AST saved to local folders: the code path real weights take (from_pretrained)."""
+    import torch
+
+    from models.factory import create_model
+
+    root = tmp_path_factory.mktemp("tiny-weights")
+    torch.manual_seed(0)
+    model = create_model("tiny", pretrained=False)
+    model.clip.model.save_pretrained(root / "clip")
+    model.audio_encoder.model.save_pretrained(root / "ast")
+    return root / "clip", root / "ast"

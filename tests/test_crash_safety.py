@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from sqlalchemy import func, select
 
 from indexer.db import JobItem, Segment, Video, make_engine, session_factory
@@ -42,19 +41,13 @@ def _count(sessions, model) -> int:
 
 
 @pytest.mark.slow
-def test_kill_9_during_bulk_ingest_loses_nothing_and_duplicates_nothing(tmp_path):
-    from models.factory import create_model
-
-    torch.manual_seed(0)
-    model = create_model("tiny", pretrained=False)
-    model.clip.model.save_pretrained(tmp_path / "clip")
-    model.audio_encoder.model.save_pretrained(tmp_path / "ast")
+def test_kill_9_during_bulk_ingest_loses_nothing_and_duplicates_nothing(tmp_path, tiny_weights):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     for clip in CLIPS:
         speech_video(MEDIA / "speech" / "ljspeech" / f"{clip}.wav", inputs / f"{clip}.mp4")
     home = tmp_path / "home"
-    env = _env(home, tmp_path / "clip", tmp_path / "ast")
+    env = _env(home, *tiny_weights)
     log = tmp_path / "worker.log"
     enqueue = subprocess.run([sys.executable, "-m", "app.cli", "ingest", str(inputs)], env=env, capture_output=True,
                              text=True, cwd=Path(__file__).parents[1])

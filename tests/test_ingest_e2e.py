@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from sqlalchemy import func, select
 
 from indexer.asr_quality import corpus_wer
@@ -35,18 +34,6 @@ def corpus(tmp_path_factory) -> Path:
     shutil.copy(MEDIA / "video" / "silence_girl.mp4", root / "silence_girl.mp4")
     shutil.copy(MEDIA / "video" / "dog_barking.mp4", root / "dog_barking.mp4")
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> tuple[Path, Path]:
-    from models.factory import create_model
-
-    root = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    model = create_model("tiny", pretrained=False)
-    model.clip.model.save_pretrained(root / "clip")
-    model.audio_encoder.model.save_pretrained(root / "ast")
-    return root / "clip", root / "ast"
 
 
 def _ingest(services: Services, paths: list[Path]) -> int:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from sqlalchemy import select
 
 from indexer.db import JobItem, Video, make_engine, session_factory
@@ -26,18 +25,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not MEDIA.exists(), reason=f"
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS = ["LJ001-0014", "LJ001-0015", "LJ001-0016", "LJ001-0017", "LJ001-0018", "LJ001-0019"]
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> tuple[Path, Path]:
-    from models.factory import create_model
-
-    root = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    model = create_model("tiny", pretrained=False)
-    model.clip.model.save_pretrained(root / "clip")
-    model.audio_encoder.model.save_pretrained(root / "ast")
-    return root / "clip", root / "ast"
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +66,9 @@ def _videos(db_url: str) -> list[Video]:
         return list(s.scalars(select(Video).order_by(Video.id)))
 
 
-def test_two_workers_share_one_bulk_job_without_doing_anything_twice(fresh_db_url, tmp_path, weights, clips):
+def test_two_workers_share_one_bulk_job_without_doing_anything_twice(fresh_db_url, tmp_path, tiny_weights, clips):
     home = tmp_path / "home"
-    env = _env(fresh_db_url, home, weights)
+    env = _env(fresh_db_url, home, tiny_weights)
     _enqueue(env, clips)
     log = tmp_path / "workers.log"
     workers = [_cli(env, "worker", "--worker-id", name, "--exit-when-idle", log=log) for name in ("alpha", "beta")]
@@ -97,9 +84,9 @@ def test_two_workers_share_one_bulk_job_without_doing_anything_twice(fresh_db_ur
     assert sorted(index.ids().tolist()) == [v.id for v in videos]  # the last publisher synced everything
 
 
-def test_a_killed_workers_item_is_finished_by_another(fresh_db_url, tmp_path, weights, clips):
+def test_a_killed_workers_item_is_finished_by_another(fresh_db_url, tmp_path, tiny_weights, clips):
     home = tmp_path / "home"
-    env = _env(fresh_db_url, home, weights, lease=4)
+    env = _env(fresh_db_url, home, tiny_weights, lease=4)
     _enqueue(env, *sorted(clips.iterdir())[:3])
     log = tmp_path / "workers.log"
     doomed = _cli(env, "worker", "--worker-id", "doomed", log=log)
@@ -137,9 +124,9 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
     raise AssertionError(f"{url} never became ready: {log.read_text()[-2000:]}")
 
 
-def test_two_api_processes_serve_a_new_video_without_restart(fresh_db_url, tmp_path, weights, clips):
+def test_two_api_processes_serve_a_new_video_without_restart(fresh_db_url, tmp_path, tiny_weights, clips):
     home = tmp_path / "home"
-    env = _env(fresh_db_url, home, weights)
+    env = _env(fresh_db_url, home, tiny_weights)
     log = tmp_path / "api.log"
     ports = [_free_port(), _free_port()]
     apis = [_cli(env, "serve", "--no-worker", "--port", str(p), log=log) for p in ports]
