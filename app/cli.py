@@ -290,7 +290,7 @@ def ingest(
     from indexer.jobs import JobQueue, expand_paths
 
     settings = _settings(database_url, model)
-    files = expand_paths(paths, recursive)
+    files = expand_paths(paths, recursive, settings.allowed_roots or None)
     if not files:
         _fail("no media files found in the given paths")
     if not wait:

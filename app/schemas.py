@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Annotated
+
+from fastapi import Path as PathParam
+from pydantic import BaseModel, ConfigDict, Field
+
+# Database ids: 64-bit signed integers; anything else is a 422, never a server error.
+DbId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
 
 
 class Moment(BaseModel):
@@ -68,6 +74,8 @@ class UploadAccepted(BaseModel):
 
 
 class IngestJobRequest(BaseModel):
+    model_config = ConfigDict(strict=True)  # "true" or 1 for a boolean is a client bug: say so
+
     paths: list[str] = Field(min_length=1, max_length=100_000,
                              description="Server-side files or folders under the configured allowed roots.")
     recursive: bool = False
@@ -116,3 +124,10 @@ class Ready(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+# Every error body is {"detail": "<sentence>"} (validation errors included, see app.main).
+ERROR_RESPONSES: dict[int | str, dict] = {
+    400: {"model": ErrorOut, "description": "Malformed request body"},
+    422: {"model": ErrorOut, "description": "Invalid parameters"},
+}

@@ -55,11 +55,24 @@ class JobSummary:
     items: list[ItemOutcome]
 
 
-def expand_paths(paths: Iterable[str | Path], recursive: bool) -> list[Path]:
-    """Files as given, and the media files inside given folders (their subfolders too with ``recursive``)."""
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    resolved = path.resolve()
+    return any(resolved == r or resolved.is_relative_to(r) for r in roots)
+
+
+def expand_paths(paths: Iterable[str | Path], recursive: bool,
+                 allowed_roots: Sequence[Path] | None = None) -> list[Path]:
+    """Files as given, and the media files inside given folders (their subfolders too with ``recursive``).
+
+    With ``allowed_roots``, a folder outside them is never listed (its contents must not leak into item
+    names); it becomes one item that fails the access check."""
+    roots = [Path(r).expanduser().resolve() for r in allowed_roots or []]
     out: list[Path] = []
     for raw in paths:
         p = Path(raw).expanduser()
+        if roots and not _inside(p, roots):
+            out.append(p)
+            continue
         if p.is_dir():
             found = p.rglob("*") if recursive else p.iterdir()
             out += sorted(f for f in found if f.is_file() and f.suffix.lower() in MEDIA_SUFFIXES)

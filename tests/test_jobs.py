@@ -148,3 +148,19 @@ def test_allowed_roots_are_enforced_per_item(queue, tmp_path):
     assert items["link.mp4"].error_kind == "outside_allowed_roots"
     with queue.sessions() as s:
         assert s.get(Job, job).status == "queued"
+
+
+def test_folders_outside_the_allowed_roots_are_never_listed(queue, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "ok.mp4").write_bytes(b"1")
+    secret = tmp_path / "secret" / "deep"
+    secret.mkdir(parents=True)
+    (secret / "private-interview.mp4").write_bytes(b"1")
+    files = expand_paths([root, tmp_path / "secret", ""], recursive=True, allowed_roots=[root])
+    assert root / "ok.mp4" in files
+    assert not any("private-interview" in str(f) for f in files)  # the folder was not walked
+    job = queue.enqueue("bulk", files, allowed_roots=[root])
+    items = queue.summary(job).items
+    assert sum(i.status == "queued" for i in items) == 1
+    assert all(i.error_kind == "outside_allowed_roots" for i in items if i.status == "failed")

@@ -16,7 +16,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
+async def healthz() -> Health:  # async: liveness never waits behind searches in the thread pool
     return Health(status="ok")
 
 

@@ -7,9 +7,9 @@ from fastapi import APIRouter, HTTPException
 from indexer.jobs import JobSummary, expand_paths
 
 from ..deps import ReadState, WriteState
-from ..schemas import ErrorOut, IngestJobRequest, JobItemOut, JobOut
+from ..schemas import ERROR_RESPONSES, DbId, ErrorOut, IngestJobRequest, JobItemOut, JobOut
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=ERROR_RESPONSES)
 
 
 def job_out(summary: JobSummary) -> JobOut:
@@ -27,7 +27,7 @@ def create_ingest_job(body: IngestJobRequest, state: WriteState) -> JobOut:
     roots = state.settings.allowed_roots
     if not roots:
         raise HTTPException(403, "bulk ingest is disabled: configure SAVE_SEARCH_ALLOWED_ROOTS on the server")
-    files = expand_paths(body.paths, body.recursive)
+    files = expand_paths(body.paths, body.recursive, roots)
     if not files:
         raise HTTPException(422, "the given folders contain no media files")
     job_id = state.queue.enqueue("bulk", files, roots)
@@ -36,7 +36,7 @@ def create_ingest_job(body: IngestJobRequest, state: WriteState) -> JobOut:
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}},
             summary="Status, progress and per-item outcome of a job")
-def get_job(job_id: int, state: ReadState) -> JobOut:
+def get_job(job_id: DbId, state: ReadState) -> JobOut:
     summary = state.queue.summary(job_id)
     if summary is None:
         raise HTTPException(404, f"no job with id {job_id}")

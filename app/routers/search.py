@@ -12,9 +12,9 @@ from indexer.search import SearchResult as Found
 from indexer.transcripts import highlight_terms
 
 from ..deps import ReadState
-from ..schemas import Moment, SearchResponse, SearchResult
+from ..schemas import ERROR_RESPONSES, Moment, SearchResponse, SearchResult
 
-router = APIRouter(prefix="/v1", tags=["search"])
+router = APIRouter(prefix="/v1", tags=["search"], responses=ERROR_RESPONSES)
 
 
 def _query_fingerprint(q: str, k: int, min_score: float | None) -> str:

@@ -12,10 +12,10 @@ from sqlalchemy import select
 from indexer.db import Video
 
 from ..deps import AppState, ReadState, WriteState
-from ..schemas import ErrorOut, SegmentOut, UploadAccepted, VideoOut
+from ..schemas import ERROR_RESPONSES, DbId, ErrorOut, SegmentOut, UploadAccepted, VideoOut
 from ..uploads import accept_upload, delete_video
 
-router = APIRouter(prefix="/v1/videos", tags=["videos"])
+router = APIRouter(prefix="/v1/videos", tags=["videos"], responses=ERROR_RESPONSES)
 
 
 def _video_out(v: Video) -> VideoOut:
@@ -59,12 +59,12 @@ def list_videos(state: ReadState, limit: int = Query(50, ge=1, le=500),
 
 @router.get("/{video_id}", response_model=VideoOut, responses={404: {"model": ErrorOut}},
             summary="Metadata and the transcript with its segments")
-def get_video(video_id: int, state: ReadState) -> VideoOut:
+def get_video(video_id: DbId, state: ReadState) -> VideoOut:
     return _video_out(_get(state, video_id))
 
 
 @router.get("/{video_id}/thumbnail", response_class=FileResponse, responses={404: {"model": ErrorOut}})
-def thumbnail(video_id: int, state: ReadState) -> FileResponse:
+def thumbnail(video_id: DbId, state: ReadState) -> FileResponse:
     video = _get(state, video_id)
     if not video.thumbnail_path or not Path(video.thumbnail_path).is_file():
         raise HTTPException(404, "this video has no thumbnail yet")
@@ -74,7 +74,7 @@ def thumbnail(video_id: int, state: ReadState) -> FileResponse:
 
 @router.get("/{video_id}/media", response_class=FileResponse, responses={404: {"model": ErrorOut}},
             summary="The video file, with HTTP range requests (seekable playback)")
-def media(video_id: int, state: ReadState) -> FileResponse:
+def media(video_id: DbId, state: ReadState) -> FileResponse:
     video = _get(state, video_id)
     path = Path(video.source_path)
     if not path.is_file():
@@ -85,6 +85,6 @@ def media(video_id: int, state: ReadState) -> FileResponse:
 
 @router.delete("/{video_id}", status_code=204, responses={404: {"model": ErrorOut}},
                summary="Remove a video from the index and the database, with the files we own")
-def delete(video_id: int, state: WriteState) -> None:
+def delete(video_id: DbId, state: WriteState) -> None:
     if not delete_video(state, video_id):
         raise HTTPException(404, f"no video with id {video_id}")
