@@ -24,6 +24,8 @@ app.add_typer(experiment_app, name="experiment")
 def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("faiss.loader", "alembic", "httpx", "faster_whisper"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _fail(message: str, code: int = 2) -> None:
