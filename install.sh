@@ -21,6 +21,11 @@ else
   .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
 fi
 .venv/bin/python -m pip install --quiet -e ".[${EXTRAS}]"
+case ",${EXTRAS}," in
+  *,gpu,*)  # faiss-cpu and faiss-gpu install into the same folder: keep only the GPU build
+    .venv/bin/python -m pip uninstall --quiet -y faiss-cpu
+    .venv/bin/python -m pip install --quiet --force-reinstall --no-deps "faiss-gpu-cu12>=1.8" ;;
+esac
 .venv/bin/python -c "import torch, transformers, faster_whisper; print('installed: torch', torch.__version__, \
 '| transformers', transformers.__version__, '| faster-whisper', faster_whisper.__version__, \
 '| cuda', torch.cuda.is_available())"

@@ -272,10 +272,16 @@ def worker(
 ) -> None:
     """Run the ingest worker loop (any number of workers can share one database)."""
     _setup_logging(verbose)
+    import signal
+    import threading
+
     from indexer.worker import Worker
 
     services = _services(_settings(database_url, model))
-    Worker(services, owner=worker_id).run(exit_when_idle=exit_when_idle)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # finish the batch in hand, then exit (docker stop, Ctrl-C)
+        signal.signal(sig, lambda *_: stop.set())
+    Worker(services, owner=worker_id).run(stop=stop, exit_when_idle=exit_when_idle)
 
 
 @app.command("ingest")
