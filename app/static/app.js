@@ -18,10 +18,19 @@ const HINT = "Type what you are looking for: something seen, or words that are s
 
 // fetch + JSON, turning every failure into an Error whose message a person can read
 // (the API puts the reason of an error in `detail`).
+// The optional API key (servers with keys configured need one for writes, maybe for reads).
+const KEY_STORAGE = "save-search-api-key";
+function authHeaders() {
+  const key = localStorage.getItem(KEY_STORAGE);
+  return key ? { Authorization: "Bearer " + key } : {};
+}
+
 async function api(url, options) {
   let response;
+  const opts = Object.assign({}, options);
+  opts.headers = Object.assign({}, opts.headers, authHeaders());
   try {
-    response = await fetch(url, options);
+    response = await fetch(url, opts);
   } catch (err) {
     throw new Error("Could not reach the server (" + err.message + ")");
   }
@@ -302,6 +311,7 @@ function uploadFile(file) {
   const xhr = new XMLHttpRequest();
   xhr.open("POST", "/v1/videos");
   xhr.responseType = "json";
+  for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
   xhr.upload.addEventListener("progress", (e) => report(e.loaded, e.lengthComputable ? e.total : file.size));
   xhr.upload.addEventListener("load", () => report(file.size, file.size));
   xhr.addEventListener("load", () => {
@@ -370,6 +380,12 @@ function uploadFinished(ok) {
 // ---------- wiring ----------
 
 function init() {
+  const keyInput = $("api-key");
+  keyInput.value = localStorage.getItem(KEY_STORAGE) || "";
+  keyInput.addEventListener("change", () => {
+    if (keyInput.value.trim()) localStorage.setItem(KEY_STORAGE, keyInput.value.trim());
+    else localStorage.removeItem(KEY_STORAGE);
+  });
   $("search-form").addEventListener("submit", (e) => {
     e.preventDefault();
     search($("q").value, true);
