@@ -51,6 +51,22 @@ def machine(extra: str = "") -> str:
     return f"{text}, {extra}" if extra else text
 
 
+def set_omp_wait_policy(policy: str) -> str:
+    """Set ``OMP_WAIT_POLICY`` for this process; returns the policy in effect, for the report.
+
+    torch and faiss (and CTranslate2) each bundle their own libgomp. With the default (active) policy the threads
+    of one runtime spin for a while after each parallel region, and on 2 cores they starve the other runtime's
+    threads: a faiss HNSW search followed by torch re-scoring then takes ~10x longer (see the OpenMP section in
+    BENCHMARKS.md). libgomp reads the variable when it is loaded, so this must run before torch/faiss are imported.
+    """
+    if policy == "default":
+        return os.environ.get("OMP_WAIT_POLICY", "default (active)")
+    if any(m in sys.modules for m in ("torch", "faiss", "ctranslate2")):
+        raise RuntimeError("set_omp_wait_policy must run before torch, faiss or ctranslate2 is imported")
+    os.environ["OMP_WAIT_POLICY"] = policy.upper()
+    return policy.upper()
+
+
 def load1() -> float:
     return os.getloadavg()[0]
 

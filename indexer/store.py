@@ -434,13 +434,17 @@ class FeatureStore:
 # ====================================================================== vector index
 
 INDEX_KINDS = ("flat", "hnsw", "ivfpq")
-# Thresholds for kind="auto". These are starting points, not measurements of this service: the benchmarks
-# (bench/, recall@k and latency on real collections) decide them.
-FLAT_MAX_VECTORS = 100_000  # below: exact search is fast enough (~n*D flops per query)
-HNSW_MAX_VECTORS = 2_000_000  # up to here HNSW's full fp32 vectors + graph fit in memory; above: IVF-PQ
+# Thresholds for kind="auto", from bench/query_bench.py (BENCHMARKS.md, "Design choices from these numbers"):
+# 512-d SAVE vectors, 200 candidates re-scored exactly, 2-core CPU.
+# - flat below 25k: one query scans n*D floats on one core (~1.5 ms at 10k, ~17 ms at 100k, ~170 ms at 1M).
+# - HNSW from 25k to 50k only: fast and accurate, but ~2.3 KB of RAM per video (fp32 vector + graph), so it only
+#   bridges the sizes where IVF-PQ would be trained on barely enough vectors (39 per list at 25k).
+# - IVF-PQ above 50k: ~70-100 B per video (goal <= 200 B), recall@10 >= 0.98 after exact re-scoring.
+FLAT_MAX_VECTORS = 25_000
+HNSW_MAX_VECTORS = 50_000
 HNSW_M = 32
 DEFAULT_EF_CONSTRUCTION = 40
-DEFAULT_EF_SEARCH = 128
+DEFAULT_EF_SEARCH = 256  # 128 lost recall at 100k (0.955 vs 0.98); search asks for 200 candidates anyway
 DEFAULT_NPROBE = 32
 PQ_BITS = 8
 MIN_POINTS_PER_CENTROID = 39  # faiss k-means wants at least this many training points per centroid

@@ -1,0 +1,708 @@
+"""Query benchmark: synthetic collections at the real dimensions (12 x 512 fp16 frame features per video in a
+FeatureStore, pooled 512-d vectors in FAISS), flat vs HNSW vs IVF-PQ.
+
+    .venv/bin/python -m bench.query_bench                          # 10k, 100k, 1M; appends to BENCHMARKS.md
+    .venv/bin/python -m bench.query_bench --sizes 10000 --e2e 10000 --no-append   # a smoke run
+
+Per collection size it measures, one query at a time (the latency a user sees):
+- the index part alone: ANN search for ``candidates`` ids, reading their frame features from the feature shards
+  (``FeatureStore.read_many``, checksums verified, as search does), exact SAVE re-scoring
+  (``models.similarity.save_similarity``) and the top 10;
+- recall@10 of that against exact SAVE scoring of ALL videos (brute force over every stored record, computed
+  chunk by chunk while the collection is written, from the stored fp16 values);
+- RAM per video (serialized FAISS index / n, and the process RSS growth while building it) and disk per video;
+- the text encoder alone (CLIP B/32 text tower, full size, random weights, one query), and ``/search`` end to
+  end through the real app (``create_app`` + TestClient) for the sizes in ``--e2e``.
+
+Why synthetic data with clusters: real CLIP video vectors are anisotropic (a shared component: any two videos
+have cosine ~0.4) and come in topics; frames of one video are similar but not equal. Uniform random vectors
+would make every ANN method look perfect. The generator (see ``Synth``) has all three properties, and the SAVE
+score (LSE over frames + pooled cosine, logit scale 100 as a trained model) differs from the pooled cosine the
+ANN ranks by, which is what the re-scoring candidate count has to cover.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import math
+import random
+import shutil
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import (
+    WORK,
+    append_benchmarks,
+    command_line,
+    entry,
+    md_table,
+    percentile,
+    require_disk,
+    rss_bytes,
+    set_omp_wait_policy,
+    wait_for_quiet,
+)
+
+DIM = 512
+FRAMES = 12
+TOP_K = 10
+LOGIT_SCALE = 100.0  # a trained SAVE model's exp(logit_scale) (clamped at 100): the sharpest LSE, hardest case
+CANDIDATES = (50, 100, 200, 400)
+EF_SEARCH = (64, 128, 256)
+NPROBE = (16, 32, 64)
+RECALL_GOAL = 0.98
+LATENCY_GOAL_MS = 5.0
+RAM_GOAL_BYTES = 200
+
+
+@dataclass(frozen=True)
+class Synth:
+    """Generator of the synthetic collection (noise vectors have unit expected norm: N(0, 1/D) per dim).
+
+    centroid_k = normalize(common * g + u_k)           topics sharing one direction g (random pairs: cos ~0.4)
+    video      = normalize(centroid_k + sigma_video * n)
+    frame_t    = normalize(video + sigma_frame * n_t)    frame-to-video cos ~0.86, frame-to-frame ~0.74
+    query      = normalize(centroid_k + sigma_query * n) query-to-video cos ~0.3-0.45, as CLIP text-video
+    A share ``short`` of the videos has fewer than 12 valid frames (masked), as clips under 12 s.
+    """
+
+    videos_per_cluster: int = 500
+    common: float = 0.8
+    sigma_video: float = 0.8
+    sigma_frame: float = 0.6
+    sigma_query: float = 1.2
+    short: float = 0.2
+
+    def describe(self) -> str:
+        return (f"{self.videos_per_cluster} videos per topic cluster, shared component {self.common}, "
+                f"sigma video/frame/query {self.sigma_video}/{self.sigma_frame}/{self.sigma_query}, "
+                f"{round(100 * self.short)} % of videos with fewer than 12 frames")
+
+
+@dataclass
+class Collection:
+    """A written synthetic collection: feature shards on disk, pooled vectors and the exact answers in RAM."""
+
+    n: int
+    home: Path  # an app home: features live in home/features (the app reads them from there)
+    shard_names: list[str]
+    per_shard: int
+    record_bytes: int
+    pooled16: np.ndarray  # [n, D] fp16, row i is video id i + 1 (what the DB stores and the index is built from)
+    queries: np.ndarray  # [Q, D] float32, unit length
+    exact_top: np.ndarray  # [Q, TOP_K] video ids by exact SAVE score over all videos
+    gen_seconds: float
+    disk_bytes: int
+
+    @property
+    def features_dir(self) -> Path:
+        return self.home / "features"
+
+    def refs(self, ids: np.ndarray) -> list:
+        from indexer.store import SHARD_HEADER_BYTES, FeatureRef
+
+        out = []
+        for vid in ids.tolist():
+            shard, pos = divmod(vid - 1, self.per_shard)
+            out.append(FeatureRef(self.shard_names[shard], SHARD_HEADER_BYTES + pos * self.record_bytes, vid))
+        return out
+
+
+def generate(n: int, home: Path, synth: Synth, n_queries: int, seed: int, chunk: int = 20_000) -> Collection:
+    """Write n videos as FeatureStore shards (the store's exact record format) and compute the exact top 10 of
+    every query over all of them, chunk by chunk, from the fp16 values that are stored."""
+    import torch
+    import torch.nn.functional as F
+
+    from indexer.store import (
+        _CRC_START,
+        _SHARD_HEADER,
+        DEFAULT_MAX_SHARD_BYTES,
+        FORMAT_VERSION,
+        RECORD_MAGIC,
+        SHARD_HEADER_BYTES,
+        SHARD_MAGIC,
+        FeatureStore,
+    )
+    from models.similarity import masked_mean_pool, save_similarity
+
+    start_time = time.perf_counter()
+    g = torch.Generator().manual_seed(seed)
+    root = home / "features"
+    store = FeatureStore(root, FRAMES, DIM, owner="synth")  # writes store.json; records are written in bulk below
+    dtype, rb = store.dtype, store.record_bytes
+    crc_end = 16 + 2 * FRAMES * DIM + FRAMES
+    per_shard = (DEFAULT_MAX_SHARD_BYTES - SHARD_HEADER_BYTES) // rb
+    inv = 1.0 / math.sqrt(DIM)
+
+    n_clusters = max(8, n // synth.videos_per_cluster)
+    common = F.normalize(torch.randn(DIM, generator=g), dim=0)
+    centroids = F.normalize(synth.common * common + F.normalize(torch.randn(n_clusters, DIM, generator=g), dim=-1),
+                            dim=-1)
+    qc = torch.randint(n_clusters, (n_queries,), generator=g)
+    queries = F.normalize(centroids[qc] + synth.sigma_query * inv * torch.randn(n_queries, DIM, generator=g), dim=-1)
+
+    top_scores = torch.full((n_queries, TOP_K), -math.inf)
+    top_ids = torch.full((n_queries, TOP_K), -1, dtype=torch.int64)
+    pooled16 = np.empty((n, DIM), np.float16)
+    shard_names: list[str] = []
+    fh = None
+    in_shard = per_shard
+    header = _SHARD_HEADER.pack(SHARD_MAGIC, FORMAT_VERSION, FRAMES, DIM, rb).ljust(SHARD_HEADER_BYTES, b"\0")
+    try:
+        for lo in range(0, n, chunk):
+            c = min(chunk, n - lo)
+            cl = torch.randint(n_clusters, (c,), generator=g)
+            centers = F.normalize(centroids[cl] + synth.sigma_video * inv * torch.randn(c, DIM, generator=g), dim=-1)
+            frames = torch.randn(c, FRAMES, DIM, generator=g).mul_(synth.sigma_frame * inv).add_(centers[:, None])
+            frames = F.normalize(frames, dim=-1)
+            valid = torch.full((c,), FRAMES)
+            short = torch.rand(c, generator=g) < synth.short
+            valid[short] = torch.randint(1, FRAMES, (int(short.sum()),), generator=g)
+            mask = torch.arange(FRAMES)[None, :] < valid[:, None]
+            frames16 = (frames * mask[..., None]).half()
+            del frames
+            f16 = frames16.numpy()
+            m8 = mask.numpy().astype(np.uint8)
+            f32 = frames16.float()  # the stored values, for the pooled vector and the exact scores
+            # masked_mean_pool, as the model computes the pooled vector the worker stores (fp16 in the DB)
+            pooled = masked_mean_pool(f32, mask).half().numpy()
+            pooled16[lo:lo + c] = pooled
+            ids = np.arange(lo + 1, lo + c + 1, dtype=np.int64)
+
+            rec = np.zeros(c, dtype)
+            rec["magic"] = RECORD_MAGIC
+            rec["video_id"] = ids
+            rec["frames"] = f16
+            rec["mask"] = m8
+            raw = rec.view(np.uint8).reshape(c, rb)
+            rec["crc"] = np.fromiter((zlib.crc32(raw[i, _CRC_START:crc_end]) for i in range(c)), np.uint32, c)
+            done = 0
+            while done < c:
+                if in_shard == per_shard:
+                    if fh is not None:
+                        fh.close()
+                    name = f"synth-{len(shard_names) + 1:05d}.feat"
+                    shard_names.append(name)
+                    fh = open(root / name, "wb")  # noqa: SIM115 - kept open across chunks, closed below
+                    fh.write(header)
+                    in_shard = 0
+                take = min(c - done, per_shard - in_shard)
+                fh.write(raw[done:done + take].tobytes())
+                done += take
+                in_shard += take
+
+            with torch.no_grad():
+                sims = save_similarity(queries, f32, mask, torch.from_numpy(pooled.astype(np.float32)), LOGIT_SCALE)
+            both_s = torch.cat([top_scores, sims], dim=1)
+            both_i = torch.cat([top_ids, torch.from_numpy(ids).expand(n_queries, -1)], dim=1)
+            best = both_s.topk(TOP_K, dim=1)
+            top_scores, top_ids = best.values, both_i.gather(1, best.indices)
+            del frames16, f32, sims, rec, raw
+    finally:
+        if fh is not None:
+            fh.close()
+        store.close()
+    disk = sum((root / s).stat().st_size for s in shard_names)
+    return Collection(n, home, shard_names, per_shard, rb, pooled16, queries.numpy(), top_ids.numpy(),
+                      time.perf_counter() - start_time, disk)
+
+
+# ----------------------------------------------------------------------------------------------- indexes
+@dataclass
+class Built:
+    kind: str
+    index: object  # indexer.store.VectorIndex
+    build_s: float
+    serialized_bytes: int
+    rss_delta: int
+    note: str = ""
+
+
+def build_index(col: Collection, kind: str, train_max: int, grown_from: int = 0, alt_pq_m: int = 0) -> Built:
+    """A VectorIndex over the collection's pooled vectors (fp16 in the DB, so fp16-rounded here too).
+
+    ``ivfpq-grown``: the IVF-PQ index the service ends up with when the collection grew past the auto threshold
+    (``grown_from`` videos) and kept growing: the catalog trains it once, at the switch, on the videos it had then
+    (nlist = ivf_nlist(grown_from)), and only adds after that.
+    ``ivfpq-alt``: IVF-PQ with ``alt_pq_m`` sub-quantizers instead of the default 64 (finer codes, more bytes).
+    """
+    import faiss
+
+    from indexer.store import VectorIndex, ivf_nlist, ivfpq_min_vectors
+
+    gc.collect()
+    before = rss_bytes()
+    start = time.perf_counter()
+    note = ""
+    ids = np.arange(1, col.n + 1, dtype=np.int64)
+    if kind in ("ivfpq", "ivfpq-alt"):
+        nlist = ivf_nlist(col.n)
+        pq_m = alt_pq_m if kind == "ivfpq-alt" else None
+        # VectorIndex.create trains on every vector it is given; on 2 cores k-means over 1M x 4000 lists takes
+        # long, so big collections train on a sample (>= the minimum faiss wants) and the rest is added.
+        train_n = min(col.n, max(train_max, ivfpq_min_vectors(nlist)))
+        order = np.random.default_rng(0).permutation(col.n)
+        first, rest = order[:train_n], order[train_n:]
+        index = VectorIndex.create(DIM, "ivfpq", col.pooled16[first].astype(np.float32), ids[first], nlist=nlist,
+                                   pq_m=pq_m)
+        for lo in range(0, len(rest), 200_000):
+            part = rest[lo:lo + 200_000]
+            index.add(ids[part], col.pooled16[part].astype(np.float32))
+        note = f"nlist {nlist}, PQ {index.params()['pq_m']}x8, trained on {train_n} vectors"
+    elif kind == "ivfpq-grown":
+        first = min(col.n, grown_from)
+        index = VectorIndex.create(DIM, "ivfpq", col.pooled16[:first].astype(np.float32), ids[:first])
+        for lo in range(first, col.n, 200_000):
+            index.add(ids[lo:lo + 200_000], col.pooled16[lo:lo + 200_000].astype(np.float32))
+        p = index.params()
+        note = (f"nlist {p['nlist']}, PQ {p['pq_m']}x8, trained on the first {first} videos, the rest added"
+                if index.kind == "ivfpq" else f"too few vectors ({first}) to train IVF-PQ: flat")
+    else:
+        index = VectorIndex.create(DIM, kind, col.pooled16.astype(np.float32), ids)
+        if kind == "hnsw":
+            p = index.params()
+            note = f"M {p['M']}, efConstruction {p['ef_construction']}"
+    build_s = time.perf_counter() - start
+    gc.collect()
+    rss_delta = rss_bytes() - before
+    size = int(faiss.serialize_index(index.faiss_index).nbytes)
+    return Built(kind, index, build_s, size, rss_delta, note)
+
+
+@dataclass
+class Sweep:
+    kind: str
+    param: str
+    candidates: int
+    ann_ms: list[float]
+    total_ms: list[float]
+    read_ms: list[float]
+    rescore_ms: list[float]
+    recall: float
+    ann_recall: float  # recall@10 of the ANN order alone (pooled cosine), without re-scoring
+
+
+def index_part(col: Collection, store, built: Built, candidates: int, *, ef_search: int | None = None,
+               nprobe: int | None = None, param: str = "", limit: int | None = None) -> Sweep:
+    """One query at a time: ANN -> read candidate features -> exact SAVE scores -> top 10."""
+    import torch
+
+    from models.similarity import save_similarity
+
+    ann_ms, read_ms, rescore_ms, total_ms = [], [], [], []
+    hits = ann_hits = 0
+    queries = col.queries[:limit] if limit else col.queries
+    for qi, q in enumerate(queries):
+        t0 = time.perf_counter()
+        _, ids = built.index.search(q[None], candidates, ef_search=ef_search, nprobe=nprobe)
+        t1 = time.perf_counter()
+        found = ids[0][ids[0] >= 0]
+        frames, masks = store.read_many(col.refs(found))
+        pooled = col.pooled16[found - 1].astype(np.float32)
+        t2 = time.perf_counter()
+        # The conversions search does (VisualEncoder.score): fp16 -> fp32 frames, uint8 -> int64 masks.
+        scores = save_similarity(torch.from_numpy(q[None]), torch.from_numpy(frames.astype(np.float32)),
+                                 torch.from_numpy(masks.astype(np.int64)), torch.from_numpy(pooled),
+                                 LOGIT_SCALE).numpy()[0]
+        order = np.lexsort((found, -scores))[:TOP_K]
+        top = found[order]
+        t3 = time.perf_counter()
+        ann_ms.append(1000 * (t1 - t0))
+        read_ms.append(1000 * (t2 - t1))
+        rescore_ms.append(1000 * (t3 - t2))
+        total_ms.append(1000 * (t3 - t0))
+        truth = set(col.exact_top[qi].tolist())
+        hits += len(truth & set(top.tolist()))
+        ann_hits += len(truth & set(found[:TOP_K].tolist()))
+    denom = TOP_K * len(queries)
+    return Sweep(built.kind, param, candidates, ann_ms, total_ms, read_ms, rescore_ms, hits / denom,
+                 ann_hits / denom)
+
+
+def sweep(col: Collection, store, built: Built, candidates: Sequence[int], deadline: float,
+          limit: int | None = None) -> list[Sweep]:
+    out: list[Sweep] = []
+    if built.kind == "hnsw":
+        settings = [(f"efSearch {ef}", {"ef_search": ef}) for ef in EF_SEARCH]
+    elif built.kind.startswith("ivfpq"):
+        settings = [(f"nprobe {p}", {"nprobe": p}) for p in NPROBE]
+    else:
+        settings = [("exact", {})]
+    for label, kw in settings:
+        for c in candidates:
+            if time.monotonic() > deadline:
+                print(f"  time budget reached: skipping {built.kind} {label} candidates {c}", flush=True)
+                continue
+            s = index_part(col, store, built, c, param=label, limit=limit, **kw)
+            print(f"  {built.kind:5s} {label:12s} cand {c:4d}: index part p50 {percentile(s.total_ms, 50):6.2f} ms "
+                  f"p99 {percentile(s.total_ms, 99):6.2f} ms, recall@10 {s.recall:.3f}", flush=True)
+            out.append(s)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+def query_words() -> list[str]:
+    """Real English words (the LJSpeech transcripts), so queries tokenise like real ones."""
+    from tests.media_fixtures import ljspeech_transcripts
+
+    words = sorted({w.strip(".,;:!?\"'()").lower() for t in ljspeech_transcripts().values() for w in t.split()})
+    return [w for w in words if w.isalpha() and len(w) > 2]
+
+
+def random_queries(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    words = query_words()
+    return [" ".join(rng.sample(words, rng.randint(2, 6))) for _ in range(count)]
+
+
+def text_encoder_latency(encoder, sentences, count: int) -> dict[str, list[float]]:
+    """One query per call: CLIP text (as search encodes a query, tokenisation included) and MiniLM."""
+    clip_ms, minilm_ms = [], []
+    queries = random_queries(count + 5, seed=1)
+    for i, q in enumerate(queries):
+        t0 = time.perf_counter()
+        encoder.encode_queries([q])
+        t1 = time.perf_counter()
+        sentences.encode([q])
+        t2 = time.perf_counter()
+        if i >= 5:  # the first calls warm the kernels up
+            clip_ms.append(1000 * (t1 - t0))
+            minilm_ms.append(1000 * (t2 - t1))
+    return {"clip": clip_ms, "minilm": minilm_ms}
+
+
+def insert_videos(services, col: Collection, version: str, batch: int = 10_000) -> float:
+    """The database rows the worker would have committed for the synthetic videos (no transcripts)."""
+    from sqlalchemy import insert
+
+    from indexer.db import Video, utcnow
+
+    start = time.perf_counter()
+    now = utcnow()
+    with services.sessions.begin() as s:
+        for lo in range(0, col.n, batch):
+            ids = np.arange(lo + 1, min(col.n, lo + batch) + 1)
+            refs = col.refs(ids)
+            rows = [dict(id=int(v), content_hash=f"{v:064x}", filename=f"synthetic-{v}.mp4", source_path="/dev/null",
+                         size_bytes=0, duration_s=30.0, has_audio=False, transcript="", model_version=version,
+                         model_mode="save-fused", feature_shard=r.shard, feature_offset=r.offset,
+                         pooled=col.pooled16[v - 1].tobytes(), status="indexed", created_at=now)
+                    for v, r in zip(ids.tolist(), refs, strict=True)]
+            s.execute(insert(Video), rows)
+    return time.perf_counter() - start
+
+
+def end_to_end(col: Collection, model, count: int, device: str = "cpu", index_type: str = "auto",
+               insert: bool = True) -> dict[str, object]:
+    """``GET /v1/search`` through the real app on this collection, one new query at a time (no cache hits)."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from indexer.encode import VisualEncoder
+    from indexer.settings import Settings
+    from indexer.worker import Services
+
+    settings = Settings(home=col.home, device=device, index_type=index_type)
+    services = Services(settings, encoder=VisualEncoder(settings, model=model))
+    version = services.encoder.status().model_version
+    insert_s = insert_videos(services, col, version) if insert else 0.0
+    start = time.perf_counter()
+    with services.index_lock:
+        services.catalog.sync_and_publish()  # what the worker's start-up does: build the index from the database
+    sync_s = time.perf_counter() - start
+    kind = services.catalog.videos.index.kind
+    latencies, direct = [], []
+    queries = random_queries(2 * count + 10, seed=2)
+    with TestClient(create_app(settings, embedded_worker=False, services=services)) as client:
+        search = client.app.state.save.search  # the app's SearchService, to time it without HTTP as well
+        parts = _time_parts(search)
+        for i in range(count + 5):
+            t0 = time.perf_counter()
+            r = client.get("/v1/search", params={"q": queries[2 * i], "k": TOP_K})
+            t1 = time.perf_counter()
+            search.search(queries[2 * i + 1], k=TOP_K)
+            t2 = time.perf_counter()
+            r.raise_for_status()
+            if i == 0 and len(r.json()["results"]) != TOP_K:
+                raise RuntimeError(f"expected {TOP_K} results, got {r.json()}")
+            if i < 5:  # warm-up calls do not count in the breakdown either
+                for key in parts:
+                    parts[key] = 0.0
+            else:
+                latencies.append(1000 * (t1 - t0))
+                direct.append(1000 * (t2 - t1))
+    calls = 2 * count  # the HTTP request and the direct call both run the wrapped steps
+    breakdown = {k: 1000 * v / calls for k, v in parts.items()}
+    return {"ms": latencies, "direct_ms": direct, "kind": kind, "insert_s": insert_s, "sync_s": sync_s,
+            "candidates": search.ann_candidates, "breakdown": breakdown}
+
+
+def _time_parts(search) -> dict[str, float]:
+    """Wrap SearchService's steps on this instance to see where a direct ``search`` call spends its time (mean ms
+    per call): query encoders (CLIP text + MiniLM), candidate scoring (SQL rows + features + exact re-scoring), and
+    within it the visual part (read features + re-scoring). The rest is ANN, full-text search and glue."""
+    totals = {"total": 0.0, "encoders": 0.0, "score (SQL + visual)": 0.0, "visual (read + re-score)": 0.0}
+
+    def wrap(name: str, label: str) -> None:
+        inner = getattr(search, name)
+
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return inner(*a, **kw)
+            finally:
+                totals[label] += time.perf_counter() - t0
+
+        setattr(search, name, timed)
+
+    wrap("_query_vectors", "encoders")
+    wrap("_score", "score (SQL + visual)")
+    wrap("_visual_scores", "visual (read + re-score)")
+    wrap("search", "total")
+    return totals
+
+
+# ----------------------------------------------------------------------------------------------- report
+def best_config(sweeps: Sequence[Sweep]) -> Sweep | None:
+    """The fastest (p50 of the index part) setting that reaches the recall goal."""
+    ok = [s for s in sweeps if s.recall >= RECALL_GOAL]
+    return min(ok, key=lambda s: percentile(s.total_ms, 50)) if ok else None
+
+
+def size_label(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else f"{n // 1000}k"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="1000000,100000,10000",
+                   help="collection sizes (videos), measured in this order: the largest first, so the time budget "
+                        "never cuts the numbers that matter most")
+    p.add_argument("--queries", type=int, default=200, help="queries per setting")
+    p.add_argument("--e2e", default="10000,100000", help="sizes that also get /search end to end")
+    p.add_argument("--e2e-queries", type=int, default=100)
+    p.add_argument("--hnsw-max", type=int, default=100_000,
+                   help="largest size an HNSW index is built at (larger: extrapolated from its build time)")
+    p.add_argument("--ivf-train-max", type=int, default=160_000,
+                   help="IVF-PQ training sample (at least what faiss needs for ivf_nlist(n) lists)")
+    p.add_argument("--candidates", default=",".join(map(str, CANDIDATES)), help="re-scoring candidate counts")
+    p.add_argument("--alt-pq-m", type=int, default=128,
+                   help="also measure IVF-PQ with this many sub-quantizers at one size in (50k, 200k]; 0: skip")
+    p.add_argument("--grown-from", type=int, default=0,
+                   help="also measure IVF-PQ trained on the first N videos only (default: HNSW_MAX_VECTORS + 1, "
+                        "where auto switches to IVF-PQ), at sizes >= 4N")
+    p.add_argument("--budget-s", type=float, default=840.0,
+                   help="after this many seconds of measuring, remaining sweeps are skipped (and say so)")
+    p.add_argument("--torch-threads", type=int, default=0, help="0: torch's default (one per core, as the service)")
+    p.add_argument("--device", default="cpu", help="where the text encoder runs (cpu or cuda)")
+    p.add_argument("--omp-wait-policy", choices=("default", "passive", "active"), default="passive",
+                   help="OMP_WAIT_POLICY for this process (default: passive, see bench/omp_check.py for why)")
+    p.add_argument("--skip-sweeps", action="store_true", help="only the text encoder and /search end to end")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-append", action="store_true")
+    p.add_argument("--keep", action="store_true", help=f"keep {WORK}/query afterwards")
+    return p
+
+
+def run(args: argparse.Namespace, command: str, machine_extra: str = "") -> str:
+    """Measure every size in ``args.sizes``; returns the BENCHMARKS.md section."""
+    import torch
+
+    from bench.ingest_bench import build_model
+    from indexer.encode import VisualEncoder
+    from indexer.settings import Settings
+    from indexer.store import FeatureStore, choose_index_type
+    from indexer.transcripts import SentenceEncoder
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    if not args.grown_from:
+        from indexer.store import HNSW_MAX_VECTORS
+
+        args.grown_from = HNSW_MAX_VECTORS + 1
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    e2e_sizes = {int(x) for x in args.e2e.split(",") if x.strip()}
+    candidates = [int(x) for x in args.candidates.split(",") if x.strip()]
+    synth = Synth()
+    work = WORK / "query"
+    record_bytes = 12_320
+    require_disk(WORK, max(sizes) * record_bytes * 1.05 / 1024**3)
+    shutil.rmtree(work, ignore_errors=True)
+
+    load = wait_for_quiet()
+    started = time.monotonic()
+    deadline = started + args.budget_s
+    model = build_model(args.device)
+    encoder = VisualEncoder(Settings(home=work / "model-home", device=args.device), model=model)
+    sentences = SentenceEncoder()
+    text = text_encoder_latency(encoder, sentences, 100)
+    print(f"text encoder p50 {percentile(text['clip'], 50):.1f} ms", flush=True)
+
+    results: dict[int, dict[str, object]] = {}
+    try:
+        for n in sizes:
+            print(f"== {n} videos", flush=True)
+            col = generate(n, work / f"n{n}" / "home", synth, args.queries, args.seed + n)
+            print(f"  generated in {col.gen_seconds:.0f} s", flush=True)
+            store = FeatureStore(col.features_dir, FRAMES, DIM, owner="reader")
+            res: dict[str, object] = {"col": col, "built": [], "sweeps": []}
+            # A short wait per size (the first one waited up to 10 min): latencies are what a loaded CPU distorts.
+            res["load"] = wait_for_quiet(max_wait_s=max(0.0, min(30.0, deadline - time.monotonic() - 300)))
+            # IVF-PQ first: at 1M it is the candidate that matters, and flat (~0.2 s per query there) goes last.
+            for kind in () if args.skip_sweeps else ("ivfpq", "ivfpq-grown", "ivfpq-alt", "hnsw", "flat"):
+                if kind == "ivfpq-grown" and n < 4 * args.grown_from:
+                    continue  # only where the collection outgrew its training set by far
+                if kind == "ivfpq-alt" and not (args.alt_pq_m and 50_000 < n <= 200_000):
+                    continue  # one mid size is enough to see what finer codes buy (its training is the slow part)
+                if kind == "hnsw" and n > args.hnsw_max:
+                    continue  # too slow to build here: extrapolated from the largest size it was built at
+                if kind.startswith("ivfpq") and choose_index_type(n, "ivfpq") != "ivfpq":
+                    continue  # too few vectors to train IVF-PQ: it would fall back to flat
+                built = build_index(col, kind, args.ivf_train_max, args.grown_from, args.alt_pq_m)
+                print(f"  built {kind} in {built.build_s:.1f} s ({built.serialized_bytes / n:.0f} B/video)",
+                      flush=True)
+                res["built"].append(built)  # type: ignore[union-attr]
+                cands, limit = candidates, None
+                if kind == "flat" and n > 50_000:  # tens of ms per query; exact order, so recall ~1 anyway
+                    cands, limit = [c for c in candidates if c == 200] or candidates[:1], 50
+                res["sweeps"] += sweep(col, store, built, cands, deadline, limit)  # type: ignore[operator]
+                built.index = None  # free it before the next one
+                gc.collect()
+            results[n] = res
+            store.close()
+            if n in e2e_sizes and time.monotonic() < deadline:
+                e2e = end_to_end(col, model, args.e2e_queries, args.device)
+                res["e2e"] = e2e
+                print(f"  /search p50 {percentile(e2e['ms'], 50):.1f} ms ({e2e['kind']})", flush=True)
+            col.pooled16 = np.empty((0, DIM), np.float16)
+            if not args.keep:
+                shutil.rmtree(work / f"n{n}", ignore_errors=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    body = render(results, text, synth, args, elapsed, hnsw_scaling(results))
+    return entry("Query latency, recall and memory by index type", command, load, body, machine_extra)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    policy = set_omp_wait_policy(args.omp_wait_policy)
+    logging.basicConfig(level=logging.WARNING)
+    md = run(args, command_line("bench.query_bench", argv), f"OMP_WAIT_POLICY {policy}")
+    print("\n" + md)
+    if not args.no_append:
+        append_benchmarks(md)
+        print("appended to BENCHMARKS.md")
+    return 0
+
+
+def hnsw_scaling(results: dict[int, dict[str, object]]) -> dict[int, float]:
+    """HNSW build seconds per size measured, for the extrapolation to sizes where it was not built."""
+    return {n: b.build_s for n, r in results.items() for b in r["built"] if b.kind == "hnsw"}  # type: ignore
+
+
+def render(results: dict[int, dict[str, object]], text: dict[str, list[float]], synth: Synth,
+           args: argparse.Namespace, elapsed: float,
+           hnsw_builds: dict[int, float]) -> str:
+    from indexer.store import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, choose_index_type
+
+    clip50, clip99 = percentile(text["clip"], 50), percentile(text["clip"], 99)
+    minilm50 = percentile(text["minilm"], 50)
+    parts = [
+        f"Synthetic collections: {synth.describe()}. Exact scores: SAVE similarity with logit scale {LOGIT_SCALE:g}. "
+        f"{args.queries} queries per setting, one at a time, page cache warm (the shards were just written). "
+        f"Index part = ANN for `candidates` ids + `FeatureStore.read_many` (checksums verified) + exact SAVE "
+        f"re-scoring + top {TOP_K}. Recall@10 against exact SAVE scoring of all videos; `ANN-only` is the recall "
+        f"of the ANN order without re-scoring. Run time {elapsed:.0f} s.",
+        "",
+        md_table(["text encoder alone (one query)", "p50 ms", "p99 ms"],
+                 [["CLIP B/32 text tower (full size, random weights), tokenisation included", clip50, clip99],
+                  ["MiniLM (search also embeds the query for transcript search)", percentile(text["minilm"], 50),
+                   percentile(text["minilm"], 99)]]),
+        "",
+    ]
+    size_rows = []
+    for n, r in results.items():
+        col: Collection = r["col"]  # type: ignore[assignment]
+        for b in r["built"]:  # type: ignore[union-attr]
+            size_rows.append([size_label(n), b.kind, b.note, b.build_s, b.serialized_bytes / n, b.rss_delta / n,
+                              col.disk_bytes / n, "yes" if b.serialized_bytes / n <= RAM_GOAL_BYTES else "no"])
+        if n > args.hnsw_max and hnsw_builds and not args.skip_sweeps:
+            n0 = max(hnsw_builds)  # HNSW inserts cost ~log(n) each: n log n scaling from the largest build
+            est = hnsw_builds[n0] * (n / n0) * math.log(n) / math.log(n0)
+            size_rows.append([size_label(n), "hnsw", f"not built (extrapolated from {size_label(n0)})",
+                              f"~{est:.0f} (extrapolated)", "~2330 (as measured at smaller sizes)", "n/a",
+                              col.disk_bytes / n, "no"])
+    parts += [md_table(["videos", "index", "parameters", "build s", "index bytes/video (serialized)",
+                        "RSS growth bytes/video", "disk bytes/video (frame features)", "RAM goal <= 200 B"],
+                       size_rows), ""]
+    rows = []
+    for n, r in results.items():
+        for s in r["sweeps"]:  # type: ignore[union-attr]
+            rows.append([size_label(n), s.kind, s.param, f"{s.candidates}" + ("" if len(s.total_ms) == args.queries
+                                                                          else f" ({len(s.total_ms)} queries)"),
+                         percentile(s.ann_ms, 50),
+                         percentile(s.read_ms, 50), percentile(s.rescore_ms, 50), percentile(s.total_ms, 50),
+                         percentile(s.total_ms, 99), f"{s.recall:.3f}", f"{s.ann_recall:.3f}"])
+    parts += [md_table(["videos", "index", "setting", "candidates", "ANN p50 ms", "read p50 ms", "re-score p50 ms",
+                        "index part p50 ms", "p99 ms", "recall@10", "ANN-only recall@10"], rows),
+              "1-min load average when each size's sweeps started: "
+              + ", ".join(f"{size_label(n)}: {r['load']:.2f}" for n, r in results.items()) + ".", ""]
+    best_rows = []
+    for n, r in results.items():
+        by_kind: dict[str, list[Sweep]] = {}
+        for s in r["sweeps"]:  # type: ignore[union-attr]
+            by_kind.setdefault(s.kind, []).append(s)
+        for kind, ss in by_kind.items():
+            b = best_config(ss)
+            if b is None:
+                best_rows.append([size_label(n), kind, "recall goal not reached", "", "", "", ""])
+                continue
+            p50 = percentile(b.total_ms, 50)
+            best_rows.append([size_label(n), kind, b.param, b.candidates, f"{b.recall:.3f}", p50,
+                              "yes" if p50 <= LATENCY_GOAL_MS else "no"])
+    parts += ["Fastest setting per index that reaches recall@10 >= 0.98:", "",
+              md_table(["videos", "index", "setting", "candidates", "recall@10", "index part p50 ms",
+                        "<= 5 ms p50"], best_rows), ""]
+    e2e_rows = []
+    for n, r in results.items():
+        e2e = r.get("e2e")
+        if not e2e:
+            continue
+        ms, direct = e2e["ms"], e2e["direct_ms"]  # type: ignore[index]
+        p50 = percentile(ms, 50)
+        e2e_rows.append([size_label(n), e2e["kind"], e2e["candidates"], p50, percentile(ms, 99),  # type: ignore
+                         percentile(direct, 50), p50 - clip50, p50 - clip50 - minilm50, e2e["sync_s"]])  # type: ignore
+    if e2e_rows:
+        parts += ["`GET /v1/search?k=10` end to end (real app through TestClient, a new query each time so the "
+                  "query cache never hits, default settings: index type by `choose_index_type`, "
+                  "`DEFAULT_EF_SEARCH`/`DEFAULT_NPROBE`, SearchService's `ann_candidates`; the synthetic videos have "
+                  "no transcripts). `SearchService.search` is the same call without HTTP:", "",
+                  md_table(["videos", "index (auto)", "ann_candidates", "/search p50 ms", "p99 ms",
+                            "SearchService.search p50 ms", "p50 minus CLIP text p50",
+                            "p50 minus CLIP and MiniLM p50", "index build at start-up s"], e2e_rows), ""]
+        brows = [[size_label(n), k, v] for n, r in results.items() if r.get("e2e")
+                 for k, v in r["e2e"]["breakdown"].items()]  # type: ignore[index, union-attr]
+        parts += ["Where a direct `SearchService.search` call spends its time (mean ms per call; the rest of "
+                  "`total` is ANN, full-text search and glue):", "",
+                  md_table(["videos", "step", "mean ms"], brows), ""]
+    if hnsw_builds:
+        parts.append("HNSW build seconds measured: " + ", ".join(f"{size_label(n)}: {s:.0f}"
+                                                                  for n, s in hnsw_builds.items()) + ".")
+    parts.append("Code defaults when this ran: auto index = "
+                 + ", ".join(f"{size_label(n)}: {choose_index_type(n)}" for n in results)
+                 + f"; efSearch {DEFAULT_EF_SEARCH}, nprobe {DEFAULT_NPROBE}.")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
