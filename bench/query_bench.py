@@ -27,6 +27,7 @@ import argparse
 import gc
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -327,6 +328,32 @@ def index_part(col: Collection, store, built: Built, candidates: int, *, ef_sear
                  ann_hits / denom)
 
 
+def search_defaults() -> tuple[int, int]:
+    """(nprobe, candidates) the service uses by default."""
+    import inspect
+
+    from indexer.search import SearchService
+    from indexer.store import DEFAULT_NPROBE
+
+    return DEFAULT_NPROBE, inspect.signature(SearchService).parameters["ann_candidates"].default
+
+
+def evict(col: Collection, store):
+    """Drop this collection's shards from the page cache (only our own files), for a cold-read measurement:
+    at 1M videos the 12 GB of frame features may not stay cached, and then every candidate is a disk read."""
+    from indexer.store import FeatureStore
+
+    store.close()
+    gc.collect()  # unmap: mapped pages are not evicted
+    for name in col.shard_names:
+        fd = os.open(col.features_dir / name, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return FeatureStore(col.features_dir, FRAMES, DIM, owner="reader")
+
+
 def sweep(col: Collection, store, built: Built, candidates: Sequence[int], deadline: float,
           limit: int | None = None) -> list[Sweep]:
     out: list[Sweep] = []
@@ -506,6 +533,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--omp-wait-policy", choices=("default", "passive", "active"), default="passive",
                    help="OMP_WAIT_POLICY for this process (default: passive, see bench/omp_check.py for why)")
     p.add_argument("--skip-sweeps", action="store_true", help="only the text encoder and /search end to end")
+    p.add_argument("--kinds", default="ivfpq,ivfpq-grown,ivfpq-alt,hnsw,flat", help="index kinds to sweep")
+    p.add_argument("--cold", action="store_true",
+                   help="after the IVF-PQ sweeps, evict this run's feature shards from the page cache "
+                        "(posix_fadvise DONTNEED, our files only) and measure the default setting again")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-append", action="store_true")
     p.add_argument("--keep", action="store_true", help=f"keep {WORK}/query afterwards")
@@ -557,7 +588,8 @@ def run(args: argparse.Namespace, command: str, machine_extra: str = "") -> str:
             # A short wait per size (the first one waited up to 10 min): latencies are what a loaded CPU distorts.
             res["load"] = wait_for_quiet(max_wait_s=max(0.0, min(30.0, deadline - time.monotonic() - 300)))
             # IVF-PQ first: at 1M it is the candidate that matters, and flat (~0.2 s per query there) goes last.
-            for kind in () if args.skip_sweeps else ("ivfpq", "ivfpq-grown", "ivfpq-alt", "hnsw", "flat"):
+            kinds = [k for k in ("ivfpq", "ivfpq-grown", "ivfpq-alt", "hnsw", "flat") if k in args.kinds.split(",")]
+            for kind in () if args.skip_sweeps else kinds:
                 if kind == "ivfpq-grown" and n < 4 * args.grown_from:
                     continue  # only where the collection outgrew its training set by far
                 if kind == "ivfpq-alt" and not (args.alt_pq_m and 50_000 < n <= 200_000):
@@ -574,6 +606,13 @@ def run(args: argparse.Namespace, command: str, machine_extra: str = "") -> str:
                 if kind == "flat" and n > 50_000:  # tens of ms per query; exact order, so recall ~1 anyway
                     cands, limit = [c for c in candidates if c == 200] or candidates[:1], 50
                 res["sweeps"] += sweep(col, store, built, cands, deadline, limit)  # type: ignore[operator]
+                if kind == "ivfpq" and args.cold:
+                    store = evict(col, store)
+                    s = index_part(col, store, built, search_defaults()[1], nprobe=search_defaults()[0],
+                                   param=f"nprobe {search_defaults()[0]}, cold page cache")
+                    print(f"  cold cache: index part p50 {percentile(s.total_ms, 50):.2f} ms, read p50 "
+                          f"{percentile(s.read_ms, 50):.2f} ms", flush=True)
+                    res["sweeps"].append(s)  # type: ignore[union-attr]
                 built.index = None  # free it before the next one
                 gc.collect()
             results[n] = res
@@ -622,7 +661,8 @@ def render(results: dict[int, dict[str, object]], text: dict[str, list[float]], 
         f"{args.queries} queries per setting, one at a time, page cache warm (the shards were just written). "
         f"Index part = ANN for `candidates` ids + `FeatureStore.read_many` (checksums verified) + exact SAVE "
         f"re-scoring + top {TOP_K}. Recall@10 against exact SAVE scoring of all videos; `ANN-only` is the recall "
-        f"of the ANN order without re-scoring. Run time {elapsed:.0f} s.",
+        f"of the ANN order without re-scoring. RSS growth is only indicative (it also moves with memory-mapped "
+        f"feature pages and freed buffers); the serialized size is the index's RAM. Run time {elapsed:.0f} s.",
         "",
         md_table(["text encoder alone (one query)", "p50 ms", "p99 ms"],
                  [["CLIP B/32 text tower (full size, random weights), tokenisation included", clip50, clip99],

@@ -435,12 +435,12 @@ class FeatureStore:
 
 INDEX_KINDS = ("flat", "hnsw", "ivfpq")
 # Thresholds for kind="auto", from bench/query_bench.py (BENCHMARKS.md, "Design choices from these numbers"):
-# 512-d SAVE vectors, 200 candidates re-scored exactly, 2-core CPU.
-# - flat below 25k: one query scans n*D floats on one core (~1.5 ms at 10k, ~17 ms at 100k, ~170 ms at 1M).
-# - HNSW from 25k to 50k only: fast and accurate, but ~2.3 KB of RAM per video (fp32 vector + graph), so it only
-#   bridges the sizes where IVF-PQ would be trained on barely enough vectors (39 per list at 25k).
-# - IVF-PQ above 50k: ~70-100 B per video (goal <= 200 B), recall@10 >= 0.98 after exact re-scoring.
-FLAT_MAX_VECTORS = 25_000
+# 512-d SAVE vectors, 200 candidates re-scored exactly (~3.5 ms of reads + scoring), 2-core CPU.
+# - flat below 10k: one query scans n*D floats on one core (1.3 ms at 10k, 17 ms at 100k, 166 ms at 1M).
+# - HNSW from 10k to 50k: ~0.4 ms, recall@10 0.999, but ~2.3 KB of RAM per video (fp32 vector + graph), so it only
+#   bridges the sizes where IVF-PQ cannot be trained yet (>= 39 vectors per list: ~25k) or barely.
+# - IVF-PQ above 50k: 80-100 B per video (goal <= 200 B); recall@10 0.98-0.99 after exact re-scoring.
+FLAT_MAX_VECTORS = 10_000
 HNSW_MAX_VECTORS = 50_000
 HNSW_M = 32
 DEFAULT_EF_CONSTRUCTION = 40
