@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(sections[-1], flush=True)
     if not args.skip_query:
         if cuda:
-            query_args = ["--device", "cuda", "--sizes", "10000,100000,1000000", "--e2e", "10000", "--queries", "200",
+            query_args = ["--device", "cuda", "--sizes", "1000000,100000,10000", "--e2e", "10000", "--queries", "200",
                           "--hnsw-max", "100000", "--ivf-train-max", "400000", "--budget-s", str(QUERY_BUDGET_S)]
         else:
             query_args = ["--sizes", "12000", "--e2e", "12000", "--queries", "20", "--e2e-queries", "10",
