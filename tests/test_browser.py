@@ -241,6 +241,7 @@ def test_c_play_from_the_matching_moment(page, server, jfk_indexed):
     assert (not state["paused"]) or state["seekable"] > start, state
     # The full transcript is listed; each segment seeks the video.
     segments = page.locator("#transcript button.segment")
+    segments.nth(1).wait_for()  # the transcript loads on its own request, after the video
     assert segments.count() == 2
     assert "fellow Americans" in segments.nth(0).inner_text()
     page.wait_for_timeout(700)  # let it play a little for the screenshot
@@ -250,7 +251,8 @@ def test_c_play_from_the_matching_moment(page, server, jfk_indexed):
     page.wait_for_function("document.querySelector('#transcript button.segment[aria-current=\"true\"]') !== null")
     page.keyboard.press("Escape")  # the player is a modal dialog: Escape closes it
     dialog.wait_for(state="hidden")
-    assert page.evaluate("document.getElementById('video').paused")
+    # The dialog's close event (which pauses) is dispatched a task after it hides: wait for it, bounded.
+    page.wait_for_function("document.getElementById('video').paused", timeout=5000)
 
     # The moment button plays from the moment too (the same file is loaded already: no new metadata event).
     card.locator(".moment").click()
@@ -313,7 +315,7 @@ def test_e_server_text_is_text_and_failures_are_explained(page):
     err = page.locator("#search-error")
     err.wait_for(state="visible")
     assert "the index is being rebuilt" in err.inner_text() and "503" in err.inner_text()
-    assert page.locator(".card").count() == 0
+    page.wait_for_function("document.querySelectorAll('.card').length === 0")
     shot(page, "e2-search-error")
 
 

@@ -231,9 +231,11 @@ function openPlayer(r, start) {
   $("player-title").textContent = r.filename;
   show($("player-error"), "");
   const url = new URL(r.video_url, location.href).href;
+  if (!dialog.open) dialog.showModal();
   // Seeking needs the metadata; when the same file is already loaded it is there and no event will come.
+  // A player closed before the metadata arrived must stay silent: the check on dialog.open keeps it paused.
   const seekAndPlay = () => {
-    if (seq !== playerSeq) return;
+    if (seq !== playerSeq || !dialog.open) return;
     video.currentTime = start;
     video.play().catch(() => { /* autoplay refused: the controls are there */ });
   };
@@ -243,7 +245,6 @@ function openPlayer(r, start) {
     video.addEventListener("loadedmetadata", seekAndPlay, { once: true });
     video.src = url;
   }
-  if (!dialog.open) dialog.showModal();
   loadTranscript(r.video_id, seq);
 }
 
@@ -406,6 +407,7 @@ function init() {
 
   const dialog = $("player"), video = $("video");
   $("player-close").addEventListener("click", () => dialog.close());
+  // A seek-and-play still waiting for metadata checks dialog.open, so a closed player stays paused.
   dialog.addEventListener("close", () => video.pause());
   // A click on the backdrop (outside the dialog's box) closes it too.
   dialog.addEventListener("click", (e) => {
