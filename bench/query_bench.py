@@ -427,9 +427,34 @@ def insert_videos(services, col: Collection, version: str, batch: int = 10_000) 
     return time.perf_counter() - start
 
 
+def insert_segments(services, n_videos: int, per_video: int, seed: int, batch: int = 20_000) -> float:
+    """Transcript segments for the synthetic videos, as the worker commits them: 12 real English words each (so
+    full-text queries match like real ones) and a random unit MiniLM-sized embedding, fp16."""
+    from sqlalchemy import insert
+
+    from indexer.db import Segment
+
+    rng = np.random.default_rng(seed)
+    words = np.array(query_words())
+    dim = services.sentences.dim
+    start = time.perf_counter()
+    with services.sessions.begin() as s:
+        for lo in range(1, n_videos + 1, batch // per_video):
+            vids = range(lo, min(n_videos, lo + batch // per_video - 1) + 1)
+            emb = rng.standard_normal((len(vids) * per_video, dim)).astype(np.float32)
+            emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float16)
+            text = rng.choice(words, (len(vids) * per_video, 12))
+            rows = [dict(video_id=v, idx=i, start_s=3.0 * i, end_s=3.0 * i + 3.0, text=" ".join(text[j]),
+                         embedding=emb[j].tobytes())
+                    for j, (v, i) in enumerate((v, i) for v in vids for i in range(per_video))]
+            s.execute(insert(Segment), rows)
+    return time.perf_counter() - start
+
+
 def end_to_end(col: Collection, model, count: int, device: str = "cpu", index_type: str = "auto",
-               insert: bool = True) -> dict[str, object]:
-    """``GET /v1/search`` through the real app on this collection, one new query at a time (no cache hits)."""
+               insert: bool = True, segments_per_video: int = 0) -> dict[str, object]:
+    """``GET /v1/search`` through the real app on this collection, one new query at a time (no cache hits).
+    With ``segments_per_video`` the videos get transcripts first (on top of an earlier call's rows)."""
     from fastapi.testclient import TestClient
 
     from app.main import create_app
@@ -441,6 +466,8 @@ def end_to_end(col: Collection, model, count: int, device: str = "cpu", index_ty
     services = Services(settings, encoder=VisualEncoder(settings, model=model))
     version = services.encoder.status().model_version
     insert_s = insert_videos(services, col, version) if insert else 0.0
+    if segments_per_video:
+        insert_s += insert_segments(services, col.n, segments_per_video, seed=col.n)
     start = time.perf_counter()
     with services.index_lock:
         services.catalog.sync_and_publish()  # what the worker's start-up does: build the index from the database
@@ -468,15 +495,18 @@ def end_to_end(col: Collection, model, count: int, device: str = "cpu", index_ty
                 direct.append(1000 * (t2 - t1))
     calls = 2 * count  # the HTTP request and the direct call both run the wrapped steps
     breakdown = {k: 1000 * v / calls for k, v in parts.items()}
+    breakdown["outside the encoders"] = breakdown["total"] - breakdown["encoders"]
     return {"ms": latencies, "direct_ms": direct, "kind": kind, "insert_s": insert_s, "sync_s": sync_s,
-            "candidates": search.ann_candidates, "breakdown": breakdown}
+            "candidates": search.ann_candidates, "breakdown": breakdown, "segments": segments_per_video}
 
 
 def _time_parts(search) -> dict[str, float]:
     """Wrap SearchService's steps on this instance to see where a direct ``search`` call spends its time (mean ms
-    per call): query encoders (CLIP text + MiniLM), candidate scoring (SQL rows + features + exact re-scoring), and
-    within it the visual part (read features + re-scoring). The rest is ANN, full-text search and glue."""
-    totals = {"total": 0.0, "encoders": 0.0, "score (SQL + visual)": 0.0, "visual (read + re-score)": 0.0}
+    per call): query encoders (CLIP text + MiniLM, side by side), candidate scoring (SQL rows + features + exact
+    re-scoring), within it the visual part (read features + re-scoring) and the transcript part (segment rows +
+    one matrix product), and the page's rows. The rest is ANN, full-text search and glue."""
+    totals = {"total": 0.0, "encoders": 0.0, "score (SQL + visual + segments)": 0.0,
+              "visual (read + re-score)": 0.0, "segments (rows + cosine)": 0.0, "page rows": 0.0}
 
     def wrap(name: str, label: str) -> None:
         inner = getattr(search, name)
@@ -491,8 +521,10 @@ def _time_parts(search) -> dict[str, float]:
         setattr(search, name, timed)
 
     wrap("_query_vectors", "encoders")
-    wrap("_score", "score (SQL + visual)")
+    wrap("_score", "score (SQL + visual + segments)")
     wrap("_visual_scores", "visual (read + re-score)")
+    wrap("_best_segments", "segments (rows + cosine)")
+    wrap("_hydrate", "page rows")
     wrap("search", "total")
     return totals
 
@@ -516,6 +548,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=200, help="queries per setting")
     p.add_argument("--e2e", default="10000,100000", help="sizes that also get /search end to end")
     p.add_argument("--e2e-queries", type=int, default=100)
+    p.add_argument("--e2e-segments", type=int, default=5,
+                   help="then measure /search again with this many transcript segments per video (0: skip)")
     p.add_argument("--hnsw-max", type=int, default=100_000,
                    help="largest size an HNSW index is built at (larger: extrapolated from its build time)")
     p.add_argument("--ivf-train-max", type=int, default=160_000,
@@ -618,9 +652,13 @@ def run(args: argparse.Namespace, command: str, machine_extra: str = "") -> str:
             results[n] = res
             store.close()
             if n in e2e_sizes and time.monotonic() < deadline:
-                e2e = end_to_end(col, model, args.e2e_queries, args.device)
-                res["e2e"] = e2e
-                print(f"  /search p50 {percentile(e2e['ms'], 50):.1f} ms ({e2e['kind']})", flush=True)
+                res["e2e"] = []
+                for segs in (0, args.e2e_segments) if args.e2e_segments else (0,):
+                    e2e = end_to_end(col, model, args.e2e_queries, args.device, insert=not segs,
+                                     segments_per_video=segs)
+                    res["e2e"].append(e2e)  # type: ignore[union-attr]
+                    print(f"  /search p50 {percentile(e2e['ms'], 50):.1f} ms ({e2e['kind']}, {segs} segments "
+                          "per video)", flush=True)
             col.pooled16 = np.empty((0, DIM), np.float16)
             if not args.keep:
                 shutil.rmtree(work / f"n{n}", ignore_errors=True)
@@ -713,28 +751,30 @@ def render(results: dict[int, dict[str, object]], text: dict[str, list[float]], 
     parts += ["Fastest setting per index that reaches recall@10 >= 0.98:", "",
               md_table(["videos", "index", "setting", "candidates", "recall@10", "index part p50 ms",
                         "<= 5 ms p50"], best_rows), ""]
-    e2e_rows = []
+    e2e_rows, brows = [], []
     for n, r in results.items():
-        e2e = r.get("e2e")
-        if not e2e:
-            continue
-        ms, direct = e2e["ms"], e2e["direct_ms"]  # type: ignore[index]
-        p50 = percentile(ms, 50)
-        e2e_rows.append([size_label(n), e2e["kind"], e2e["candidates"], p50, percentile(ms, 99),  # type: ignore
-                         percentile(direct, 50), p50 - clip50, p50 - clip50 - minilm50, e2e["sync_s"]])  # type: ignore
+        for e2e in r.get("e2e") or []:  # type: ignore[union-attr]
+            ms, direct = e2e["ms"], e2e["direct_ms"]
+            p50 = percentile(ms, 50)
+            transcripts = f"{e2e['segments']} segments/video" if e2e["segments"] else "none"
+            e2e_rows.append([size_label(n), transcripts, e2e["kind"], e2e["candidates"], p50, percentile(ms, 99),
+                             percentile(direct, 50), p50 - clip50, p50 - clip50 - minilm50,
+                             e2e["breakdown"]["outside the encoders"], e2e["sync_s"]])
+            brows += [[size_label(n), transcripts, k, v] for k, v in e2e["breakdown"].items()]
     if e2e_rows:
         parts += ["`GET /v1/search?k=10` end to end (real app through TestClient, a new query each time so the "
                   "query cache never hits, default settings: index type by `choose_index_type`, "
-                  "`DEFAULT_EF_SEARCH`/`DEFAULT_NPROBE`, SearchService's `ann_candidates`; the synthetic videos have "
-                  "no transcripts). `SearchService.search` is the same call without HTTP:", "",
-                  md_table(["videos", "index (auto)", "ann_candidates", "/search p50 ms", "p99 ms",
+                  "`DEFAULT_EF_SEARCH`/`DEFAULT_NPROBE`, SearchService's `ann_candidates`), first on videos without "
+                  "transcripts, then with synthetic transcripts (12 real English words per segment, random "
+                  "embeddings: the full-text and segment parts do real work). `SearchService.search` is the same "
+                  "call without HTTP:", "",
+                  md_table(["videos", "transcripts", "index (auto)", "ann_candidates", "/search p50 ms", "p99 ms",
                             "SearchService.search p50 ms", "p50 minus CLIP text p50",
-                            "p50 minus CLIP and MiniLM p50", "index build at start-up s"], e2e_rows), ""]
-        brows = [[size_label(n), k, v] for n, r in results.items() if r.get("e2e")
-                 for k, v in r["e2e"]["breakdown"].items()]  # type: ignore[index, union-attr]
+                            "p50 minus CLIP and MiniLM p50", "mean ms outside the encoders (direct call)",
+                            "index build at start-up s"], e2e_rows), ""]
         parts += ["Where a direct `SearchService.search` call spends its time (mean ms per call; the rest of "
                   "`total` is ANN, full-text search and glue):", "",
-                  md_table(["videos", "step", "mean ms"], brows), ""]
+                  md_table(["videos", "transcripts", "step", "mean ms"], brows), ""]
     if hnsw_builds:
         parts.append("HNSW build seconds measured: " + ", ".join(f"{size_label(n)}: {s:.0f}"
                                                                   for n, s in hnsw_builds.items()) + ".")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -29,6 +29,8 @@ from .transcripts import search_segments
 from .worker import Services
 
 log = logging.getLogger(__name__)
+
+SEGMENTS_PER_CANDIDATE = 4  # segment index hits asked for per wanted speech candidate
 
 
 
@@ -54,6 +56,17 @@ class SearchResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class _Scored:
+    """A candidate's scores, before its row is loaded for display."""
+
+    video_id: int
+    score: float
+    visual_score: float | None
+    speech_score: float | None
+    segment_id: int | None
 
 
 @dataclass
@@ -129,6 +142,9 @@ class SearchService:
         self.ann_candidates = ann_candidates
         self.cache = QueryCache()
         self._model_lock = threading.Lock()
+        # MiniLM runs on this thread while CLIP encodes the same queries: on CPU the two small models overlap
+        # (about 10 ms less per query on 2 cores than one after the other, BENCHMARKS.md).
+        self._sentence_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-sentences")
         self.batcher = QueryBatcher(self._encode_batch, self._model_lock)
         model = services.encoder.model
         self.store = None
@@ -140,8 +156,13 @@ class SearchService:
 
     def _encode_batch(self, queries: list[str]) -> list[tuple[torch.Tensor | None, np.ndarray]]:
         encoder = self.services.encoder
-        visual = encoder.encode_queries(queries) if encoder.available else None
-        sentences = self.services.sentences.encode(queries)
+        if not encoder.available:
+            return [(None, row) for row in self.services.sentences.encode(queries)]
+        pending = self._sentence_thread.submit(self.services.sentences.encode, queries)
+        try:
+            visual = encoder.encode_queries(queries)
+        finally:
+            sentences = pending.result()  # never leave the thread running past this call
         return [(None if visual is None else visual[i:i + 1], sentences[i]) for i in range(len(queries))]
 
     @property
@@ -169,7 +190,8 @@ class SearchService:
             raise ValueError("offset must not be negative")
         catalog = self.services.catalog
         visual_q, sentence_q = self._query_vectors(query)
-        want = max(self.ann_candidates, 4 * (offset + k))
+        # The pool depends on the query and k only (never on the offset), so every page ranks the same set.
+        want = self.pool_size(k)
         candidates: set[int] = set()
         segment_hits: dict[int, float] = {}
         with self.services.index_lock:  # an embedded worker may be adding to the same in-memory indexes
@@ -181,54 +203,115 @@ class SearchService:
                 candidates.update(int(i) for i in ids[0] if i >= 0)
             segment_index = catalog.segments.index
             if segment_index is not None and len(segment_index):
+                # More segments than videos wanted: several hits can be one video's, and approximate segment
+                # indexes need the margin for recall (BENCHMARKS.md).
                 scores, ids = segment_index.search(sentence_q[None].astype(np.float32),
-                                                   min(4 * want, len(segment_index)))
+                                                   min(SEGMENTS_PER_CANDIDATE * want, len(segment_index)))
                 segment_hits = {int(i): float(sc) for sc, i in zip(scores[0], ids[0], strict=True) if i >= 0}
         with self.services.sessions() as s:
             if as_of is None:
                 as_of = s.scalar(select(func.max(Video.id))) or 0
             text_hits = search_segments(s, query, limit=want)
+            # Speech candidates: the `want` videos with the best segment by meaning or by words (the same
+            # max(cosine, full-text score) that scoring uses), next to the `want` best visual candidates.
+            best_speech: dict[int, float] = {}
             if segment_hits:
-                candidates.update(s.scalars(select(Segment.video_id).where(Segment.id.in_(list(segment_hits)))))
-            candidates.update(h.video_id for h in text_hits)
+                for seg_id, vid in s.execute(select(Segment.id, Segment.video_id)
+                                             .where(Segment.id.in_(list(segment_hits)))):
+                    best_speech[vid] = max(best_speech.get(vid, -1.0), segment_hits[seg_id])
+            for h in text_hits:
+                best_speech[h.video_id] = max(best_speech.get(h.video_id, -1.0), h.score)
+            candidates.update(sorted(best_speech, key=lambda v: (-best_speech[v], v))[:want])
             candidates = {c for c in candidates if c <= as_of}
-            results = self._score(s, sorted(candidates), visual_q, sentence_q, {h.segment_id: h.score
-                                                                                 for h in text_hits})
-        results.sort(key=lambda r: (-r.score, r.video_id))
-        if min_score is not None:
-            results = [r for r in results if r.score >= min_score]
+            ranked = self._score(s, sorted(candidates), visual_q, sentence_q,
+                                 {h.segment_id: h.score for h in text_hits})
+            ranked.sort(key=lambda r: (-r.score, r.video_id))
+            if min_score is not None:
+                ranked = [r for r in ranked if r.score >= min_score]
+            results = self._hydrate(s, ranked[offset:offset + k])
         notes = [] if self.services.encoder.available else [self.services.encoder.reason]
-        return SearchPage(results[offset:offset + k], len(results), self.mode, offset, as_of, notes)
+        return SearchPage(results, len(ranked), self.mode, offset, as_of, notes)
+
+    def pool_size(self, k: int) -> int:
+        """Candidates per source (visual ANN, transcript): ranked exactly, they are all the results a query can
+        page through."""
+        return max(self.ann_candidates, 4 * k)
 
     def _score(self, s, video_ids: list[int], visual_q, sentence_q: np.ndarray,
-               text_scores: dict[int, float]) -> list[SearchResult]:
+               text_scores: dict[int, float]) -> list[_Scored]:
+        """Every candidate's fused score and best segment, from the few columns scoring needs (hundreds of
+        candidates per query: full rows and ORM objects for all of them would cost more than the model)."""
         if not video_ids:
             return []
-        videos = {v.id: v for v in s.scalars(select(Video).where(Video.id.in_(video_ids), Video.status == "indexed"))}
-        segs: dict[int, list[Segment]] = {}
-        for seg in s.scalars(select(Segment).where(Segment.video_id.in_(video_ids)).order_by(Segment.idx)):
-            segs.setdefault(seg.video_id, []).append(seg)
+        videos = s.execute(select(Video.id, Video.model_version, Video.feature_shard, Video.feature_offset,
+                                  Video.pooled)
+                           .where(Video.id.in_(video_ids), Video.status == "indexed")).all()
+        best = self._best_segments(s, [v.id for v in videos], sentence_q, text_scores)
         visual = self._visual_scores(videos, visual_q)
         w = self.speech_weight if visual else 1.0
         out = []
-        for vid, video in videos.items():
-            best, best_seg = None, None
-            for seg in segs.get(vid, []):
-                sem = float(from_blob(seg.embedding) @ sentence_q) if seg.embedding is not None else 0.0
-                sc = max(sem, text_scores.get(seg.id, 0.0))
-                if best is None or sc > best:
-                    best, best_seg = sc, seg
-            vis = visual.get(vid)
-            speech = best if best is not None else 0.0
-            score = speech if vis is None and not visual else (1 - w) * (vis if vis is not None else 0.0) + w * speech
-            moment = Moment(best_seg.start_s, best_seg.end_s, best_seg.text) if best_seg is not None else None
-            out.append(SearchResult(vid, video.filename, round(float(score), 6),
-                                    None if vis is None else round(float(vis), 6),
-                                    None if best is None else round(float(best), 6), video.duration_s,
-                                    video.transcript, moment, video.language, video.thumbnail_path))
+        for v in videos:
+            speech, segment_id = best.get(v.id, (None, None))
+            vis = visual.get(v.id)
+            part = speech if speech is not None else 0.0
+            score = part if vis is None and not visual else (1 - w) * (vis if vis is not None else 0.0) + w * part
+            out.append(_Scored(v.id, round(float(score), 6), None if vis is None else round(float(vis), 6),
+                               None if speech is None else round(float(speech), 6), segment_id))
         return out
 
-    def _readable(self, videos: list[Video]) -> tuple[list[Video], np.ndarray, np.ndarray]:
+    @staticmethod
+    def _best_segments(s, video_ids: list[int], sentence_q: np.ndarray,
+                       text_scores: dict[int, float]) -> dict[int, tuple[float, int]]:
+        """video id -> (speech score, id of its best segment): per segment max(cosine of the sentence
+        embeddings, full-text score), the best segment per video (the earliest among equals)."""
+        if not video_ids:
+            return {}
+        rows = s.execute(select(Segment.id, Segment.video_id, Segment.idx, Segment.embedding)
+                         .where(Segment.video_id.in_(video_ids))).all()
+        if not rows:
+            return {}
+        dim = sentence_q.shape[-1]
+        zero = bytes(2 * dim)
+        blobs = b"".join(r.embedding if r.embedding is not None and len(r.embedding) == 2 * dim else zero
+                         for r in rows)
+        semantic = np.frombuffer(blobs, dtype=np.float16).reshape(len(rows), dim).astype(np.float32) @ sentence_q
+        seg_ids = np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows))
+        vids = np.fromiter((r.video_id for r in rows), dtype=np.int64, count=len(rows))
+        idx = np.fromiter((r.idx for r in rows), dtype=np.int64, count=len(rows))
+        scores = semantic.astype(np.float64)
+        for i, sid in enumerate(seg_ids.tolist()):
+            text = text_scores.get(sid)
+            if text is not None and text > scores[i]:
+                scores[i] = text
+        order = np.lexsort((idx, -scores, vids))  # per video: best score first, then the earliest segment
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = vids[order][1:] != vids[order][:-1]
+        return {int(vids[i]): (float(scores[i]), int(seg_ids[i])) for i in order[first]}
+
+    def _hydrate(self, s, ranked: list[_Scored]) -> list[SearchResult]:
+        """The full results (names, transcripts, moments) of one page only."""
+        if not ranked:
+            return []
+        ids = [r.video_id for r in ranked]
+        videos = {v.id: v for v in s.execute(select(Video.id, Video.filename, Video.duration_s, Video.transcript,
+                                                     Video.language, Video.thumbnail_path)
+                                              .where(Video.id.in_(ids)))}
+        seg_ids = [r.segment_id for r in ranked if r.segment_id is not None]
+        segments = {g.id: g for g in s.execute(select(Segment.id, Segment.start_s, Segment.end_s, Segment.text)
+                                                .where(Segment.id.in_(seg_ids)))} if seg_ids else {}
+        out = []
+        for r in ranked:
+            video = videos.get(r.video_id)
+            if video is None:  # deleted between scoring and now (same session: only on read-committed backends)
+                continue
+            seg = segments.get(r.segment_id) if r.segment_id is not None else None
+            moment = Moment(seg.start_s, seg.end_s, seg.text) if seg is not None else None
+            out.append(SearchResult(r.video_id, video.filename, r.score, r.visual_score, r.speech_score,
+                                    video.duration_s, video.transcript, moment, video.language,
+                                    video.thumbnail_path))
+        return out
+
+    def _readable(self, videos: list) -> tuple[list, np.ndarray, np.ndarray]:
         ok, frames, masks = [], [], []
         for v in videos:
             try:
@@ -243,12 +326,12 @@ class SearchService:
             return [], np.zeros(0), np.zeros(0)
         return ok, np.stack(frames), np.stack(masks)
 
-    def _visual_scores(self, videos: dict[int, Video], visual_q) -> dict[int, float]:
+    def _visual_scores(self, videos: list, visual_q) -> dict[int, float]:
         encoder = self.services.encoder
         if visual_q is None or self.store is None:
             return {}
         version = encoder.status().model_version
-        usable = [v for v in videos.values() if v.model_version == version and v.feature_shard is not None]
+        usable = [v for v in videos if v.model_version == version and v.feature_shard is not None]
         if not usable:
             return {}
         try:

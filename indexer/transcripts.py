@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,26 @@ from sqlalchemy.orm import Session
 
 MAX_QUERY_TERMS = 32  # longer queries are cut: each term is one OR branch of the full-text query
 _WORD = re.compile(r"[^\W_]+")  # runs of letters/digits: what FTS5's unicode61 and PostgreSQL's parser see
+# PostgreSQL's `english` stop words (Snowball's list). PostgreSQL drops them from a tsquery; the SQLite query drops
+# them too, so both backends match the same words and an OR query never ranks nearly every segment for "the".
+_STOP_WORDS_TEXT = """
+a about above after again against all am an and any are as at be because been before being below between both
+but by can did do does doing don down during each few for from further had has have having he her here hers
+herself him himself his how i if in into is it its itself just me more most my myself no nor not now of off on
+once only or other our ours ourselves out over own s same she should so some such t than that the their theirs
+them themselves then there these they this those through to too under until up very was we were what when where
+which while who whom why will with you your yours yourself yourselves
+"""
+STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
 
 
 class SentenceEncoder:
-    """all-MiniLM-L6-v2 sentence embeddings ([N, 384] float32, unit length) without sentence-transformers."""
+    """all-MiniLM-L6-v2 sentence embeddings ([N, 384] float32, unit length) without sentence-transformers.
+
+    Thread-safe: the search path and an embedded worker share one instance. A fast tokenizer sets its
+    truncation and padding state on every call and raises "Already borrowed" when two threads do so at once,
+    so tokenising is serialised (per batch: a query never waits for a whole transcript); the model runs
+    concurrently."""
 
     max_length = 256  # the model's sentence_bert_config.json max_seq_length
 
@@ -42,6 +59,7 @@ class SentenceEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True, dtype=torch.float32)
         self.model.eval().to(self.device)
+        self._tokenizer_lock = threading.Lock()
 
     @property
     def dim(self) -> int:
@@ -58,13 +76,15 @@ class SentenceEncoder:
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                batch = self.tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
+                with self._tokenizer_lock:
+                    batch = self.tokenizer(
+                        [texts[i] for i in idx],
+                        padding=True,
+                        truncation=True,
+                        max_length=self.max_length,
+                        return_tensors="pt",
+                    )
+                batch = batch.to(self.device)
                 hidden = self.model(**batch).last_hidden_state  # [B, T, D]
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -95,6 +115,14 @@ def query_terms(query: str) -> list[str]:
     return terms[:MAX_QUERY_TERMS]
 
 
+def match_terms(query: str) -> list[str]:
+    """The words full-text search and highlighting match: ``query_terms`` without stop words, unless the query
+    is nothing but stop words (then all of them, so "to be or not to be" still finds the line on SQLite)."""
+    terms = query_terms(query)
+    content = [t for t in terms if t.casefold() not in STOP_WORDS]
+    return content or terms
+
+
 def _fts5_match(terms: Sequence[str]) -> str:
     # Every term is a quoted FTS5 string, so AND/OR/NOT/NEAR, *, -, ^, :, ( ) are plain words or gone.
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
@@ -103,10 +131,10 @@ def _fts5_match(terms: Sequence[str]) -> str:
 def search_segments(session: Session, query: str, limit: int = 50) -> list[SegmentHit]:
     """Transcript segments matching any word of ``query`` (stemmed), best first.
 
-    Both backends treat the query as a bag of words joined with OR (operators and quotes typed by users are
-    ignored, so no input can raise a syntax error); segments matching more, rarer, and more frequent words
-    rank higher. Scores are mapped into [0, 1) with ``score = r / (1 + r)``, monotone in the backend's
-    relevance ``r``:
+    Both backends treat the query as a bag of words joined with OR (``match_terms``: stop words dropped;
+    operators and quotes typed by users are ignored, so no input can raise a syntax error); segments matching
+    more, rarer, and more frequent words rank higher. Scores are mapped into [0, 1) with
+    ``score = r / (1 + r)``, monotone in the backend's relevance ``r``:
 
     - SQLite FTS5: ``r = -bm25`` (FTS5's bm25 is negative, lower is better). bm25 depends on corpus
       statistics, so scores only compare within one query.
@@ -115,16 +143,19 @@ def search_segments(session: Session, query: str, limit: int = 50) -> list[Segme
 
     Ties are broken by segment id so results are deterministic.
     """
-    terms = query_terms(query)
+    terms = match_terms(query)
     if not terms or limit <= 0:
         return []
     dialect = session.get_bind().dialect.name
     if dialect == "sqlite":
+        # Rank inside FTS5 first and join only the best `limit` rows: joining every match to its row before
+        # sorting costs twice as much on common words.
         stmt = sql_text(
-            "SELECT s.id, s.video_id, s.start_s, s.end_s, s.text, -segments_fts.rank AS r "
-            "FROM segments_fts JOIN segments AS s ON s.id = segments_fts.rowid "
-            "WHERE segments_fts MATCH :match "
-            "ORDER BY segments_fts.rank, s.id LIMIT :limit"
+            "SELECT s.id, s.video_id, s.start_s, s.end_s, s.text, -h.rank AS r "
+            "FROM (SELECT rowid, rank FROM segments_fts WHERE segments_fts MATCH :match "
+            "      ORDER BY rank, rowid LIMIT :limit) AS h "
+            "JOIN segments AS s ON s.id = h.rowid "
+            "ORDER BY h.rank, s.id"
         )
         rows = session.execute(stmt, {"match": _fts5_match(terms), "limit": limit}).all()
         return [_hit(row, max(float(row.r), 0.0)) for row in rows]
@@ -190,7 +221,7 @@ def highlight_terms(query: str, text: str) -> list[tuple[int, int]]:
     Close to, not the same as, what the search engines match: case-insensitive, exact, equal after stripping
     a common English suffix ("dogs"/"dog"), or sharing a prefix of at least 4 letters ("running"/"runner").
     """
-    terms = [t.casefold() for t in query_terms(query)]
+    terms = [t.casefold() for t in match_terms(query)]
     if not terms:
         return []
     spans: list[tuple[int, int]] = []

@@ -107,6 +107,22 @@ def test_pagination_is_stable(client, indexed):
     assert client.get("/v1/search", params={"q": "x", "page_token": "%%%garbage"}).status_code == 422
 
 
+def test_pages_end_with_the_candidate_pool(client, indexed, monkeypatch):
+    """A query ranks one pool (set by q and k, never by the page): paging ends there, with no repeats."""
+    search = client.app.state.save.search
+    monkeypatch.setattr(search, "pool_size", lambda k: 1)  # a pool of one video per source
+    q = "printing country"  # both videos match (k=2 below finds two without the patch), the pool holds one
+    ids, token = [], None
+    for _ in range(5):
+        page = client.get("/v1/search", params={"q": q, "k": 1, **({"page_token": token} if token else {})}).json()
+        ids += [r["video_id"] for r in page["results"]]
+        token = page["next_page_token"]
+        if token is None:
+            break
+    assert token is None and len(ids) == 1  # speech mode: the transcript source only
+    assert ids == [r["video_id"] for r in client.get("/v1/search", params={"q": q, "k": 2}).json()["results"]]
+
+
 def test_min_score_filters(client, indexed):
     results = client.get("/v1/search", params={"q": "printing", "min_score": 0.99}).json()["results"]
     assert all(r["score"] >= 0.99 for r in results)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from indexer.db import Base, Segment, Video, make_engine, session_factory
 from indexer.migrate import PG_FTS_INDEX, current_revision, head_revision, include_object, init_db
-from indexer.transcripts import SegmentHit, highlight_terms, query_terms, search_segments
+from indexer.transcripts import SegmentHit, highlight_terms, match_terms, query_terms, search_segments
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -312,3 +312,49 @@ def test_encoder_paraphrases_score_higher(encoder) -> None:
     assert encoder.encode([]).shape == (0, 384)
     with pytest.raises(TypeError):
         encoder.encode("not a list")
+
+
+def test_best_segment_per_video(session: Session) -> None:
+    """Search's per-video speech part: max(cosine, full-text score) per segment, the best segment per video,
+    the earliest among equals; segments without an embedding count 0 by meaning."""
+    from indexer.search import SearchService
+
+    dim = 384
+    query = np.zeros(dim, dtype=np.float32)
+    query[0] = 1.0
+
+    def emb(cos: float) -> bytes:
+        v = np.zeros(dim, dtype=np.float32)
+        v[0], v[1] = cos, np.sqrt(1 - cos * cos)
+        return v.astype(np.float16).tobytes()
+
+    a, b, c = _video("a" * 64, ["x", "y", "z"]), _video("b" * 64, ["p", "q", "r"]), _video("c" * 64, [])
+    for seg, e in zip(a.segments, [emb(0.5), emb(0.875), None], strict=True):
+        seg.embedding = e
+    for seg, e in zip(b.segments, [emb(0.25), emb(0.25), emb(0.25)], strict=True):
+        seg.embedding = e
+    session.add_all([a, b, c])
+    session.commit()
+    best = SearchService._best_segments(session, [a.id, b.id, c.id], query, {})
+    assert set(best) == {a.id, b.id}
+    assert best[a.id][1] == a.segments[1].id and best[a.id][0] == pytest.approx(0.875, abs=1e-3)
+    assert best[b.id][1] == b.segments[0].id  # three equal scores: the earliest segment is the moment
+    # A full-text match above the meaning score wins, and moves the moment; one below changes nothing.
+    best = SearchService._best_segments(session, [a.id, b.id], query,
+                                        {b.segments[2].id: 0.9, a.segments[2].id: 0.1})
+    assert best[b.id] == (pytest.approx(0.9), b.segments[2].id)
+    assert best[a.id][1] == a.segments[1].id
+    assert SearchService._best_segments(session, [c.id], query, {}) == {}
+
+
+def test_stop_words_neither_match_nor_highlight(session: Session, corpus: dict[str, Video]) -> None:
+    """"the red car" ranks as "red car" on both backends (PostgreSQL drops stop words itself; SQLite's query
+    drops the same list), so a common word never pulls in nearly every segment."""
+    plain = [(h.segment_id, round(h.score, 6)) for h in search_segments(session, "red car")]
+    assert [(h.segment_id, round(h.score, 6)) for h in search_segments(session, "the red car of the")] == plain
+    assert match_terms("What is THE dog eating") == ["dog", "eating"]
+    assert match_terms("to be or not to be") == ["to", "be", "or", "not"]  # only stop words: keep them
+    if session.get_bind().dialect.name == "sqlite":
+        assert search_segments(session, "the")  # SQLite still finds an all-stop-word query
+    assert highlight_terms("the dog", "The dog and the cat") == [(4, 7)]
+    assert highlight_terms("to be", "to be or not") == [(0, 2), (3, 5)]
