@@ -3,6 +3,11 @@
 Rules: once any key is configured (``SAVE_SEARCH_API_KEYS`` or keys stored hashed in the database), every
 write needs one, and reads too when ``SAVE_SEARCH_READ_REQUIRES_KEY`` is set. With no keys at all (the
 embedded default) writes are accepted from loopback clients only.
+
+Thumbnails and video files are loaded by ``<img>`` and ``<video>`` elements, which cannot send a key. When
+reads need a key, the URLs the API hands out (search results, video metadata) carry a signature instead:
+``?exp=<unix time>&sig=<HMAC-SHA256 of "video id:exp">`` with a secret stored in the database (shared by every
+API process), valid for ``media_url_ttl_s``. Such a URL opens that one video's thumbnail and file only.
 """
 
 from __future__ import annotations
@@ -16,14 +21,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Query, Request, status
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
-from indexer.db import ApiKey
+from indexer.db import ApiKey, Meta
 from indexer.jobs import JobQueue
 from indexer.search import SearchService
 from indexer.settings import Settings
 from indexer.worker import Services
+
+from .schemas import DbId
 
 
 def hash_key(key: str) -> str:
@@ -32,6 +40,10 @@ def hash_key(key: str) -> str:
 
 def new_key() -> str:
     return "ss_" + secrets.token_urlsafe(32)
+
+
+MEDIA_SECRET_KEY = "media_url_secret"  # the Meta row holding the signing secret of media URLs
+MEDIA_EXPIRY_STEP_S = 300  # expiry times are rounded up to this: a URL stays the same for minutes (browser cache)
 
 
 @dataclass
@@ -43,6 +55,7 @@ class AppState:
     worker_mode: str  # embedded | external
     _key_cache: tuple[float, set[str]] = field(default=(0.0, set()))
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _media_secret: bytes | None = None
 
     def key_hashes(self) -> set[str]:
         """Configured keys (hashed) plus the database's; the database part is cached for a few seconds."""
@@ -54,6 +67,42 @@ class AppState:
                     cached = set(s.scalars(select(ApiKey.key_hash).where(ApiKey.revoked.is_(False))))
                 self._key_cache = (now, cached)
         return cached | {hash_key(k) for k in self.settings.api_keys}
+
+    def media_urls_signed(self) -> bool:
+        """Whether reads need a key, so that handed-out media URLs must carry a signature."""
+        return self.settings.read_requires_key and bool(self.key_hashes())
+
+    def media_secret(self) -> bytes:
+        """The signing secret, created once per database (the first API process to need it stores it)."""
+        if self._media_secret is None:
+            with self.services.sessions() as s:
+                value = s.get(Meta, MEDIA_SECRET_KEY)
+                if value is None:
+                    s.add(Meta(key=MEDIA_SECRET_KEY, value=secrets.token_hex(32)))
+                    try:
+                        s.commit()
+                    except IntegrityError:  # another process stored one first: use that
+                        s.rollback()
+                    value = s.get(Meta, MEDIA_SECRET_KEY, populate_existing=True)
+                self._media_secret = bytes.fromhex(value.value)
+        return self._media_secret
+
+    def _media_signature(self, video_id: int, exp: int) -> str:
+        return hmac.new(self.media_secret(), f"{video_id}:{exp}".encode(), hashlib.sha256).hexdigest()
+
+    def media_url(self, video_id: int, kind: str) -> str:
+        """``/v1/videos/{id}/thumbnail`` or ``/media``, signed when reads need a key."""
+        url = f"/v1/videos/{video_id}/{kind}"
+        if not self.media_urls_signed():
+            return url
+        step = MEDIA_EXPIRY_STEP_S
+        exp = -(-(int(time.time()) + self.settings.media_url_ttl_s) // step) * step
+        return f"{url}?exp={exp}&sig={self._media_signature(video_id, exp)}"
+
+    def media_signature_valid(self, video_id: int, exp: int | None, sig: str | None) -> bool:
+        if exp is None or sig is None or exp < time.time():
+            return False
+        return hmac.compare_digest(sig, self._media_signature(video_id, exp))
 
     def invalidate_keys(self) -> None:
         with self._lock:
@@ -119,5 +168,17 @@ def require_write(request: Request, state: Annotated[AppState, Depends(get_state
     return state
 
 
+def require_media_read(
+    video_id: DbId, request: Request, state: Annotated[AppState, Depends(get_state)],
+    exp: int | None = Query(None, ge=0, le=2**62, description="Expiry of a signed media URL (unix seconds)."),
+    sig: str | None = Query(None, max_length=128, description="Signature of a signed media URL."),
+) -> AppState:
+    """A read of one video's thumbnail or file: a valid signed URL is enough, else the usual read rule."""
+    if not state.media_urls_signed() or not state.media_signature_valid(video_id, exp, sig):
+        _check(request, state, write=False)
+    return state
+
+
 ReadState = Annotated[AppState, Depends(require_read)]
+MediaReadState = Annotated[AppState, Depends(require_media_read)]
 WriteState = Annotated[AppState, Depends(require_write)]

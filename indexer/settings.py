@@ -48,6 +48,7 @@ class Settings:
     speech_weight: float = 0.5  # fusion weight of the transcript match (see indexer/search.py)
     api_keys: list[str] = field(default_factory=list)  # plain keys from the environment (or hashed in the DB)
     read_requires_key: bool = False  # once keys exist, writes always need one; reads only if this is set
+    media_url_ttl_s: int = 3600  # with read_requires_key: how long a signed thumbnail/media URL stays valid
     max_query_chars: int = 500
     max_k: int = 100
     # jobs

@@ -274,3 +274,43 @@ def test_without_keys_writes_only_from_loopback(tmp_path, media):
         assert remote.get("/v1/search", params={"q": "x"}).status_code == 200
     with TestClient(app, client=("127.0.0.1", 40000)) as local:
         assert upload(local, media / "jfk.mp4").status_code == 202
+
+
+def test_signed_media_urls_when_reads_need_a_key(client, indexed):
+    """<img> and <video> cannot send a key: behind read keys the handed-out media URLs carry a signature that
+    opens that one video's thumbnail and file, until it expires; anything else still needs the key."""
+    import urllib.parse
+
+    home = client.app.state.save.settings.home  # the same database and files as `client`, now behind read keys
+    settings = Settings(home=home, model=str(home / "no-visual-model"), api_keys=["read-key"],
+                        read_requires_key=True)
+    auth = {"Authorization": "Bearer read-key"}
+    with TestClient(create_app(settings, embedded_worker=False)) as c:
+        state = c.app.state.save
+        top = c.get("/v1/search", params={"q": "ask what you can do for your country"}, headers=auth).json()
+        top = top["results"][0]
+        vid = top["video_id"]
+        assert top["video_url"].startswith(f"/v1/videos/{vid}/media?exp=") and "&sig=" in top["video_url"]
+        assert c.get(f"/v1/videos/{vid}", headers=auth).json()["video_url"] == top["video_url"]  # stable URL
+        thumb = c.get(top["thumbnail_url"])  # no key
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+        assert thumb.headers["cache-control"].startswith("private")
+        part = c.get(top["video_url"], headers={"Range": "bytes=0-99"})
+        assert part.status_code == 206 and len(part.content) == 100
+        # Without the signature, with a forged one, for another video, or expired: the key rule applies.
+        params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(top["video_url"]).query))
+        other = next(v for v in indexed.values() if v != vid)
+        assert c.get(f"/v1/videos/{vid}/media").status_code == 401
+        assert c.get(f"/v1/videos/{vid}/media", params={**params, "sig": "0" * 64}).status_code == 401
+        assert c.get(f"/v1/videos/{other}/media", params=params).status_code == 401
+        past = int(time.time()) - 1
+        expired = {"exp": past, "sig": state._media_signature(vid, past)}
+        assert c.get(f"/v1/videos/{vid}/thumbnail", params=expired).status_code == 401
+        assert c.get(f"/v1/videos/{vid}/media", params=params, headers=auth).status_code == 200
+        assert c.get(f"/v1/videos/{vid}", params=params).status_code == 401  # metadata is not media
+        # Every API process on the database signs with the same secret.
+        with TestClient(create_app(settings, embedded_worker=False)) as c2:
+            assert c2.get(top["thumbnail_url"]).status_code == 200
+    # Without read keys the URLs stay plain.
+    plain = client.get("/v1/search", params={"q": "country"}).json()["results"][0]
+    assert plain["video_url"] == f"/v1/videos/{plain['video_id']}/media"

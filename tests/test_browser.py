@@ -8,6 +8,7 @@ they fail. Screenshots of each step go to ``artifacts/screenshots/``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -54,19 +55,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[str]:
-    """The real app on 127.0.0.1 with its embedded worker, once for the module (the worker ingests once)."""
-    _require_browser()
+@contextlib.contextmanager
+def _serve(settings, embedded_worker: bool) -> Iterator[str]:
+    """The real app under uvicorn on a free loopback port, in a thread; yields its base URL."""
     import uvicorn
 
     from app.main import create_app
-    from indexer.settings import Settings
 
-    home = tmp_path_factory.mktemp("browser-home")
-    settings = Settings(home=home, model=str(home / "no-such-model"), expected_languages=["en"])
     port = _free_port()
-    config = uvicorn.Config(create_app(settings, embedded_worker=True), host="127.0.0.1", port=port,
+    config = uvicorn.Config(create_app(settings, embedded_worker=embedded_worker), host="127.0.0.1", port=port,
                             log_level="warning", lifespan="on")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, name="uvicorn", daemon=True)
@@ -84,6 +81,22 @@ def server(tmp_path_factory) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("browser-home")
+
+
+@pytest.fixture(scope="module")
+def server(server_home) -> Iterator[str]:
+    """The real app on 127.0.0.1 with its embedded worker, once for the module (the worker ingests once)."""
+    _require_browser()
+    from indexer.settings import Settings
+
+    settings = Settings(home=server_home, model=str(server_home / "no-such-model"), expected_languages=["en"])
+    with _serve(settings, True) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -336,3 +349,38 @@ def test_f_narrow_screen_layout(browser, server, jfk_indexed):
         shot(pg, "f2-narrow-player")
     finally:
         context.close()
+
+
+def test_g_read_keys_thumbnails_and_playback(browser, server_home, jfk_indexed):
+    """With keys required for reads, the page sends the typed key and its <img>/<video> use the signed URLs."""
+    import urllib.parse
+
+    from indexer.settings import Settings
+
+    # A second API process on the same database and files, behind read keys.
+    keyed = Settings(home=server_home, model=str(server_home / "no-such-model"), api_keys=["page-key"],
+                     read_requires_key=True)
+    with _serve(keyed, False) as url:
+        context = browser.new_context(base_url=url, viewport={"width": 1200, "height": 860})
+        context.set_default_timeout(15_000)
+        try:
+            pg = context.new_page()
+            pg.goto(f"/?q={PARAPHRASE.replace(' ', '+')}")
+            pg.locator("#search-error").wait_for(state="visible")
+            assert "401" in pg.locator("#search-error").inner_text()
+            pg.click("summary:has-text('API key')")
+            pg.fill("#api-key", "page-key")
+            pg.press("#api-key", "Tab")  # change event: stored in this browser
+            pg.press("#q", "Enter")
+            card = pg.locator(".card").first
+            card.wait_for()
+            pg.wait_for_function("(() => { const i = document.querySelector('.card .thumb img');"
+                                 " return i && i.complete && i.naturalWidth > 0; })()")
+            src = urllib.parse.urlsplit(pg.locator(".card .thumb img").first.get_attribute("src"))
+            assert "sig=" in src.query, src
+            card.locator(".moment").click()
+            pg.wait_for_function("(() => { const v = document.getElementById('video');"
+                                 " return v.readyState >= 1 && v.currentTime > 1 && !v.error; })()")
+            shot(pg, "g1-read-keys-player")
+        finally:
+            context.close()

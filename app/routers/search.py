@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Query
 from indexer.search import SearchResult as Found
 from indexer.transcripts import highlight_terms
 
-from ..deps import ReadState
+from ..deps import AppState, ReadState
 from ..schemas import ERROR_RESPONSES, Moment, SearchResponse, SearchResult
 
 router = APIRouter(prefix="/v1", tags=["search"], responses=ERROR_RESPONSES)
@@ -37,12 +37,13 @@ def decode_page_token(token: str, fingerprint: str) -> tuple[int, int]:
     return offset, as_of
 
 
-def to_api(result: Found, query: str) -> SearchResult:
+def to_api(result: Found, query: str, state: AppState) -> SearchResult:
     seg = result.segment
     return SearchResult(
         video_id=result.video_id, filename=result.filename, score=result.score, visual_score=result.visual_score,
         speech_score=result.speech_score, duration=result.duration, language=result.language,
-        thumbnail_url=f"/v1/videos/{result.video_id}/thumbnail", video_url=f"/v1/videos/{result.video_id}/media",
+        thumbnail_url=state.media_url(result.video_id, "thumbnail"),
+        video_url=state.media_url(result.video_id, "media"),
         transcript=result.transcript,
         segment=None if seg is None else Moment(start=seg.start, end=seg.end, text=seg.text,
                                                 highlights=highlight_terms(query, seg.text)),
@@ -68,5 +69,5 @@ def search(
         raise HTTPException(422, str(exc)) from exc
     more = offset + len(page.results) < page.total_candidates
     token = encode_page_token(offset + len(page.results), page.as_of, fingerprint) if more else None
-    return SearchResponse(query=q, mode=page.mode, results=[to_api(r, q) for r in page.results],
+    return SearchResponse(query=q, mode=page.mode, results=[to_api(r, q, state) for r in page.results],
                           next_page_token=token)

@@ -11,19 +11,19 @@ from sqlalchemy import select
 
 from indexer.db import Video
 
-from ..deps import AppState, ReadState, WriteState
+from ..deps import AppState, MediaReadState, ReadState, WriteState
 from ..schemas import ERROR_RESPONSES, DbId, ErrorOut, SegmentOut, UploadAccepted, VideoOut
 from ..uploads import accept_upload, delete_video
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"], responses=ERROR_RESPONSES)
 
 
-def _video_out(v: Video) -> VideoOut:
+def _video_out(state: AppState, v: Video) -> VideoOut:
     return VideoOut(
         video_id=v.id, status=v.status, error=v.error, filename=v.filename, duration=v.duration_s, width=v.width,
         height=v.height, has_audio=v.has_audio, size_bytes=v.size_bytes, language=v.language,
         model_mode=v.model_mode, model_version=v.model_version, created_at=v.created_at.isoformat() + "Z",
-        thumbnail_url=f"/v1/videos/{v.id}/thumbnail", video_url=f"/v1/videos/{v.id}/media",
+        thumbnail_url=state.media_url(v.id, "thumbnail"), video_url=state.media_url(v.id, "media"),
         transcript=v.transcript or "",
         segments=[SegmentOut(start=s.start_s, end=s.end_s, text=s.text) for s in v.segments],
     )
@@ -54,27 +54,28 @@ def list_videos(state: ReadState, limit: int = Query(50, ge=1, le=500),
                 offset: int = Query(0, ge=0, le=10_000_000)) -> list[VideoOut]:
     with state.services.sessions() as s:
         videos = list(s.scalars(select(Video).order_by(Video.id.desc()).limit(limit).offset(offset)))
-        return [_video_out(v) for v in videos]
+        return [_video_out(state, v) for v in videos]
 
 
 @router.get("/{video_id}", response_model=VideoOut, responses={404: {"model": ErrorOut}},
             summary="Metadata and the transcript with its segments")
 def get_video(video_id: DbId, state: ReadState) -> VideoOut:
-    return _video_out(_get(state, video_id))
+    return _video_out(state, _get(state, video_id))
 
 
 @router.get("/{video_id}/thumbnail", response_class=FileResponse, responses={404: {"model": ErrorOut}})
-def thumbnail(video_id: DbId, state: ReadState) -> FileResponse:
+def thumbnail(video_id: DbId, state: MediaReadState) -> FileResponse:
     video = _get(state, video_id)
     if not video.thumbnail_path or not Path(video.thumbnail_path).is_file():
         raise HTTPException(404, "this video has no thumbnail yet")
-    return FileResponse(video.thumbnail_path, media_type="image/jpeg",
-                        headers={"Cache-Control": "public, max-age=86400"})
+    # Behind keys, shared caches must not keep a copy for others.
+    cache = "private, max-age=300" if state.media_urls_signed() else "public, max-age=86400"
+    return FileResponse(video.thumbnail_path, media_type="image/jpeg", headers={"Cache-Control": cache})
 
 
 @router.get("/{video_id}/media", response_class=FileResponse, responses={404: {"model": ErrorOut}},
             summary="The video file, with HTTP range requests (seekable playback)")
-def media(video_id: DbId, state: ReadState) -> FileResponse:
+def media(video_id: DbId, state: MediaReadState) -> FileResponse:
     video = _get(state, video_id)
     path = Path(video.source_path)
     if not path.is_file():
