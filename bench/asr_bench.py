@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import append_benchmarks, command_line, entry, md_table, wait_for_quiet
+from bench.common import command_line, entry, md_table, publish, wait_for_quiet
 
 SPEECH = Path("/work/shared/data/media/speech")
 
@@ -128,10 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "speed (x real time)", "languages decoded"], rows),
     ])
     text = entry("Transcript quality: Whisper base vs tiny.en", command_line("bench.asr_bench", argv), load, body)
-    print("\n" + text)
-    if not args.no_append:
-        append_benchmarks(text)
-        print("appended to BENCHMARKS.md")
+    publish(text, append=not args.no_append)
     return 0
 
 

@@ -178,3 +178,11 @@ def append_benchmarks(text: str, path: Path = BENCHMARKS) -> None:
     """Append only (opened in append mode, so a concurrent writer's section is never overwritten)."""
     with path.open("a") as fh:
         fh.write("\n" + text)
+
+
+def publish(text: str, append: bool) -> None:
+    """Print a finished BENCHMARKS.md section, and append it there unless the run is a smoke/quick one."""
+    print("\n" + text)
+    if append:
+        append_benchmarks(text)
+        print("appended to BENCHMARKS.md")

@@ -28,10 +28,10 @@ from pathlib import Path
 from bench.common import (
     WORK,
     Stopwatch,
-    append_benchmarks,
     command_line,
     entry,
     md_table,
+    publish,
     set_omp_wait_policy,
     wait_for_quiet,
 )
@@ -447,10 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     policy = set_omp_wait_policy(args.omp_wait_policy)
     logging.basicConfig(level=logging.WARNING)
     md = run(args, command_line("bench.ingest_bench", argv), f"OMP_WAIT_POLICY {policy}")
-    print("\n" + md)
-    if not (args.no_append or args.quick):
-        append_benchmarks(md)
-        print("appended to BENCHMARKS.md")
+    publish(md, append=not (args.no_append or args.quick))
     return 0
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import ROOT, append_benchmarks, command_line, entry, md_table, percentile, wait_for_quiet
+from bench.common import ROOT, command_line, entry, md_table, percentile, publish, wait_for_quiet
 
 LEVELS = (1, 10, 50)
 MAX_REQUESTS = 200_000  # per level, whatever the duration: the run is bounded in count as well as time
@@ -369,10 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"--- server log ({server_log}) ---\n{server_log.read_text()[-20_000:]}", file=sys.stderr)
     text = entry("HTTP load test", command_line("bench.load_test", argv), load,
                  markdown_body(results, args.clips, problems))
-    print("\n" + text)
-    if not (args.quick or args.no_append):
-        append_benchmarks(text)
-        print("appended to BENCHMARKS.md")
+    publish(text, append=not (args.quick or args.no_append))
     return 1 if failed else 0
 
 

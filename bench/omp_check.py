@@ -24,11 +24,11 @@ from pathlib import Path
 from bench.common import (
     ROOT,
     WORK,
-    append_benchmarks,
     command_line,
     entry,
     md_table,
     percentile,
+    publish,
     wait_for_quiet,
 )
 
@@ -102,10 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         md_table(["variant", "measure", "p50 ms", "p99 ms"], rows),
     ])
     text = entry("OpenMP wait policy on the query path", command_line("bench.omp_check", argv), load, body)
-    print("\n" + text)
-    if not args.no_append:
-        append_benchmarks(text)
-        print("appended to BENCHMARKS.md")
+    publish(text, append=not args.no_append)
     return 0
 
 

@@ -40,11 +40,11 @@ import numpy as np
 
 from bench.common import (
     WORK,
-    append_benchmarks,
     command_line,
     entry,
     md_table,
     percentile,
+    publish,
     require_disk,
     rss_bytes,
     set_omp_wait_policy,
@@ -509,7 +509,9 @@ def _time_parts(search) -> dict[str, float]:
               "visual (read + re-score)": 0.0, "segments (rows + cosine)": 0.0, "page rows": 0.0}
 
     def wrap(name: str, label: str) -> None:
-        inner = getattr(search, name)
+        inner = getattr(search, name, None)
+        if inner is None:  # an older SearchService (the bench also measures earlier commits)
+            return
 
         def timed(*a, **kw):
             t0 = time.perf_counter()
@@ -675,10 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     policy = set_omp_wait_policy(args.omp_wait_policy)
     logging.basicConfig(level=logging.WARNING)
     md = run(args, command_line("bench.query_bench", argv), f"OMP_WAIT_POLICY {policy}")
-    print("\n" + md)
-    if not args.no_append:
-        append_benchmarks(md)
-        print("appended to BENCHMARKS.md")
+    publish(md, append=not args.no_append)
     return 0
 
 
@@ -720,9 +719,10 @@ def render(results: dict[int, dict[str, object]], text: dict[str, list[float]], 
             size_rows.append([size_label(n), "hnsw", f"not built (extrapolated from {size_label(n0)})",
                               f"~{est:.0f} (extrapolated)", "~2330 (as measured at smaller sizes)", "n/a",
                               col.disk_bytes / n, "no"])
-    parts += [md_table(["videos", "index", "parameters", "build s", "index bytes/video (serialized)",
-                        "RSS growth bytes/video", "disk bytes/video (frame features)", "RAM goal <= 200 B"],
-                       size_rows), ""]
+    if size_rows:  # none with --skip-sweeps
+        parts += [md_table(["videos", "index", "parameters", "build s", "index bytes/video (serialized)",
+                            "RSS growth bytes/video", "disk bytes/video (frame features)", "RAM goal <= 200 B"],
+                           size_rows), ""]
     rows = []
     for n, r in results.items():
         for s in r["sweeps"]:  # type: ignore[union-attr]
@@ -731,9 +731,11 @@ def render(results: dict[int, dict[str, object]], text: dict[str, list[float]], 
                          percentile(s.ann_ms, 50),
                          percentile(s.read_ms, 50), percentile(s.rescore_ms, 50), percentile(s.total_ms, 50),
                          percentile(s.total_ms, 99), f"{s.recall:.3f}", f"{s.ann_recall:.3f}"])
-    parts += [md_table(["videos", "index", "setting", "candidates", "ANN p50 ms", "read p50 ms", "re-score p50 ms",
-                        "index part p50 ms", "p99 ms", "recall@10", "ANN-only recall@10"], rows),
-              "1-min load average when each size's sweeps started: "
+    if rows:
+        parts += [md_table(["videos", "index", "setting", "candidates", "ANN p50 ms", "read p50 ms",
+                            "re-score p50 ms", "index part p50 ms", "p99 ms", "recall@10", "ANN-only recall@10"],
+                           rows)]
+    parts += ["1-min load average when each size's measurements started: "
               + ", ".join(f"{size_label(n)}: {r['load']:.2f}" for n, r in results.items()) + ".", ""]
     best_rows = []
     for n, r in results.items():
@@ -748,9 +750,10 @@ def render(results: dict[int, dict[str, object]], text: dict[str, list[float]], 
             p50 = percentile(b.total_ms, 50)
             best_rows.append([size_label(n), kind, b.param, b.candidates, f"{b.recall:.3f}", p50,
                               "yes" if p50 <= LATENCY_GOAL_MS else "no"])
-    parts += ["Fastest setting per index that reaches recall@10 >= 0.98:", "",
-              md_table(["videos", "index", "setting", "candidates", "recall@10", "index part p50 ms",
-                        "<= 5 ms p50"], best_rows), ""]
+    if best_rows:
+        parts += ["Fastest setting per index that reaches recall@10 >= 0.98:", "",
+                  md_table(["videos", "index", "setting", "candidates", "recall@10", "index part p50 ms",
+                            "<= 5 ms p50"], best_rows), ""]
     e2e_rows, brows = [], []
     for n, r in results.items():
         for e2e in r.get("e2e") or []:  # type: ignore[union-attr]

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from sqlalchemy import func, select
 
-from .catalog import from_blob
 from .db import Segment, Video
 from .store import FeatureRef, FeatureStoreError
 from .transcripts import search_segments
@@ -270,19 +269,17 @@ class SearchService:
                          .where(Segment.video_id.in_(video_ids))).all()
         if not rows:
             return {}
-        dim = sentence_q.shape[-1]
-        zero = bytes(2 * dim)
-        blobs = b"".join(r.embedding if r.embedding is not None and len(r.embedding) == 2 * dim else zero
-                         for r in rows)
-        semantic = np.frombuffer(blobs, dtype=np.float16).reshape(len(rows), dim).astype(np.float32) @ sentence_q
-        seg_ids = np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows))
-        vids = np.fromiter((r.video_id for r in rows), dtype=np.int64, count=len(rows))
-        idx = np.fromiter((r.idx for r in rows), dtype=np.int64, count=len(rows))
-        scores = semantic.astype(np.float64)
-        for i, sid in enumerate(seg_ids.tolist()):
-            text = text_scores.get(sid)
-            if text is not None and text > scores[i]:
-                scores[i] = text
+        seg_id_col, video_id_col, idx_col, blobs = zip(*rows, strict=True)
+        seg_ids, vids, idx = np.array(seg_id_col), np.array(video_id_col), np.array(idx_col)
+        width = 2 * sentence_q.shape[-1]  # fp16 bytes per embedding
+        if not all(b is not None and len(b) == width for b in blobs):  # a segment without an embedding counts 0
+            blobs = [b if b is not None and len(b) == width else bytes(width) for b in blobs]
+        matrix = np.frombuffer(b"".join(blobs), dtype=np.float16).reshape(len(rows), -1)
+        scores = (matrix.astype(np.float32) @ sentence_q).astype(np.float64)
+        if text_scores:
+            matched = np.flatnonzero(np.isin(seg_ids, np.fromiter(text_scores, dtype=np.int64)))
+            for i in matched.tolist():
+                scores[i] = max(scores[i], text_scores[int(seg_ids[i])])
         order = np.lexsort((idx, -scores, vids))  # per video: best score first, then the earliest segment
         first = np.ones(len(order), dtype=bool)
         first[1:] = vids[order][1:] != vids[order][:-1]
@@ -340,7 +337,7 @@ class SearchService:
             usable, frames, masks = self._readable(usable)  # one damaged record must not break the search
             if not usable:
                 return {}
-        pooled = np.stack([from_blob(v.pooled) for v in usable])
+        pooled = np.frombuffer(b"".join(v.pooled for v in usable), dtype=np.float16).reshape(len(usable), -1).copy()
         with self._model_lock:
             scores = encoder.score(visual_q, frames, masks, pooled)
         return {v.id: float(sc) for v, sc in zip(usable, scores, strict=True)}
