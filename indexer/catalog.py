@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from .db import Segment, Video
-from .store import VectorIndex, choose_index_type, current_version, load_snapshot, save_snapshot
+from .store import VectorIndex, choose_index_type, current_version, ivfpq_outgrown, load_snapshot, save_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +74,19 @@ class ManagedIndex:
 
     def sync(self, db_ids: set[int], fetch: Callable[[set[int] | None], list[tuple[int, np.ndarray]]]) -> SyncReport:
         """Make the index hold exactly ``db_ids``. ``fetch(ids)`` returns (id, vector) rows for those ids
-        (``None``: all of them). When the collection outgrows the index type, the index is rebuilt."""
+        (``None``: all of them). When the collection outgrows the index type, or an IVF-PQ index its trained
+        lists (``ivfpq_outgrown``), the index is rebuilt (and retrained) from all vectors."""
         assert self.index is not None
         wanted = choose_index_type(len(db_ids), self.requested_type)
-        if wanted != self.index.kind:
+        outgrown = (wanted == self.index.kind == "ivfpq"
+                    and ivfpq_outgrown(self.index.params()["nlist"], len(db_ids)))
+        if wanted != self.index.kind or outgrown:
             rows = fetch(None)
             ids = np.array([i for i, _ in rows], dtype=np.int64)
             vecs = np.stack([v for _, v in rows]).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
             self.index = VectorIndex.create(self.dim, wanted, vectors=vecs, ids=ids)
-            log.info("rebuilt %s as a %s index over %d vectors", self.folder.name, wanted, len(ids))
+            log.info("rebuilt %s as a %s index over %d vectors%s", self.folder.name, wanted, len(ids),
+                     " (retrained: the collection outgrew its IVF lists)" if outgrown else "")
             return SyncReport(added=len(ids))
         have = set(self.index.ids().tolist())
         report = SyncReport()

@@ -448,6 +448,8 @@ DEFAULT_EF_SEARCH = 256  # 128 lost recall at 100k (0.955 vs 0.98); search asks 
 DEFAULT_NPROBE = 32
 PQ_BITS = 8
 MIN_POINTS_PER_CENTROID = 39  # faiss k-means wants at least this many training points per centroid
+IVF_TRAIN_POINTS_PER_LIST = 40  # training sample per IVF list: 160k vectors for nlist 4000 at 1M (BENCHMARKS.md)
+IVF_RETRAIN_NLIST_FACTOR = 2  # retrain when the size asks for 2x the lists (the collection grew ~4x since training)
 GPU_MAX_K = 2048  # faiss GPU search limit for k (and nprobe)
 _ALL_IDS = (0, 2**63 - 1)  # SQL ids are >= 0; HNSW tombstones are -1 in the id map
 
@@ -460,6 +462,23 @@ def ivf_nlist(n: int) -> int:
 def ivfpq_min_vectors(nlist: int) -> int:
     """Training vectors IVF-PQ needs: 39 per coarse centroid and per PQ centroid (2**PQ_BITS)."""
     return MIN_POINTS_PER_CENTROID * max(nlist, 2**PQ_BITS)
+
+
+def ivf_training_sample(n: int, nlist: int, seed: int = 0) -> np.ndarray | None:
+    """Rows to train IVF-PQ on (sorted), or None for all n: k-means on every vector of a large collection costs
+    minutes for the same quality as a sample of ~40 per list. Never fewer than the 256 points per PQ centroid
+    that faiss trains the PQ codebooks on anyway (65,536 for 8-bit codes)."""
+    size = max(ivfpq_min_vectors(nlist), IVF_TRAIN_POINTS_PER_LIST * nlist, 256 * 2**PQ_BITS)
+    if n <= size:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
+def ivfpq_outgrown(trained_nlist: int, n: int) -> bool:
+    """Whether an IVF-PQ index trained with ``trained_nlist`` lists should be retrained for n vectors: its lists
+    have grown ~4x longer than the size's own, which costs recall and latency (BENCHMARKS.md: trained at 50k and
+    grown to 1M, recall@10 0.973 and 7 ms vs 0.982 and 4.5 ms for a fresh build)."""
+    return ivf_nlist(n) >= IVF_RETRAIN_NLIST_FACTOR * trained_nlist
 
 
 def pq_subquantizers(dim: int) -> int:
@@ -582,7 +601,8 @@ class VectorIndex:
             # Polysemous training only helps Hamming-filtered search, which we do not use, and costs minutes.
             index.do_polysemous_training = False
             index.nprobe = nprobe
-            index.train(x)
+            sample = ivf_training_sample(n, nlist)
+            index.train(x if sample is None else x[sample])
         out = cls(index, resolved, use_gpu=use_gpu)
         if n:
             out.add(xids, x)

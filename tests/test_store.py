@@ -388,6 +388,43 @@ def test_choose_index_type_thresholds() -> None:
     assert small.kind == "flat" and len(small) == 500
 
 
+def test_ivfpq_trains_on_a_sample_and_is_retrained_when_outgrown(tmp_path) -> None:
+    """A large build trains on ~40 vectors per list, not on everything; the catalog retrains an IVF-PQ index
+    once the collection asks for twice its lists (~4x the vectors it was trained for)."""
+    from indexer.catalog import ManagedIndex
+
+    sample = store.ivf_training_sample(1_000_000, 4000)
+    assert len(sample) == 160_000 and np.all(np.diff(sample) > 0) and sample[-1] < 1_000_000
+    assert store.ivf_training_sample(65_536, 1024) is None  # never below what PQ training uses anyway
+    assert len(store.ivf_training_sample(200_000, 1789)) == 71_560
+    # Trained at 50k (nlist 894, where auto switches to IVF-PQ): retrained at ~200k, again at ~800k.
+    assert not store.ivfpq_outgrown(4000, 1_000_000) and not store.ivfpq_outgrown(894, 190_000)
+    assert store.ivfpq_outgrown(894, 200_000) and store.ivfpq_outgrown(632, 100_000)
+
+    dim = 16
+    vectors = unit(np.random.default_rng(3).standard_normal((100_000, dim)))
+    ids = np.arange(1, 100_001)
+
+    in_db: set[int] = set()
+
+    def fetch(wanted):  # what the catalog reads from the database: the rows of `wanted`, or all of in_db
+        return [(i, vectors[i - 1]) for i in sorted(in_db if wanted is None else wanted)]
+
+    managed = ManagedIndex(tmp_path / "idx", dim, "space", requested_type="ivfpq")
+    managed.load()
+    in_db = set(range(1, 25_001))
+    managed.sync(in_db, fetch)
+    assert managed.index.kind == "ivfpq" and managed.index.params()["nlist"] == ivf_nlist(25_000) == 632
+    in_db = set(range(1, 60_001))
+    managed.sync(in_db, fetch)  # grown 2.4x: lists only added to
+    assert managed.index.params()["nlist"] == 632 and len(managed.index) == 60_000
+    in_db = set(ids.tolist())
+    managed.sync(in_db, fetch)  # grown 4x: retrained for its size
+    assert managed.index.params()["nlist"] == ivf_nlist(100_000) == 1265 and len(managed.index) == 100_000
+    _, found = managed.index.search(vectors[:1], 10)
+    assert 1 in found[0]
+
+
 # ====================================================================== snapshots
 
 
