@@ -15,6 +15,10 @@ Two things on top of a plain ``WhisperModel.transcribe``:
   chunk (cut at the quietest 0.5 s near each boundary, so words are not split); only the current
   chunk is held as float32. Raw 16 kHz s16le PCM files are memory-mapped, media files are decoded as
   a stream, so a 4-hour recording never sits in memory whole.
+- **Bounded decoding of non-speech.** On music or noise that the VAD keeps, Whisper can repeat a token
+  ("Hmmm Hmmm ...") up to its 448-token limit, at every fallback temperature: 15 s of decoding for a 5 s
+  clip here. When a chunk holds less than ~27 s of speech, the tokens per window are capped at what that much
+  speech could need (``token_cap``), which bounds such loops without touching real speech.
 """
 
 from __future__ import annotations
@@ -47,6 +51,15 @@ _MAX_SEARCH_S = 30.0
 _BLOCK_SAMPLES = 30 * SAMPLE_RATE
 # An expected language below this detection probability is named as improbable in the decision.
 _IMPROBABLE = 0.01
+WHISPER_MAX_NEW_TOKENS = 448 - 4  # Whisper's decoder length minus the start-of-transcript prompt
+TOKENS_PER_SPEECH_SECOND = 15  # generous: English runs ~4-6 tokens/s with timestamps, CJK scripts up to ~15
+TOKEN_CAP_MARGIN = 32
+
+
+def token_cap(speech_seconds: float) -> int | None:
+    """Most new tokens a window may need for this much speech, or None when Whisper's own limit is lower."""
+    cap = int(speech_seconds * TOKENS_PER_SPEECH_SECOND) + TOKEN_CAP_MARGIN
+    return cap if cap < WHISPER_MAX_NEW_TOKENS else None
 
 
 @dataclass
@@ -226,16 +239,20 @@ class Transcriber:
         generator), so overruling the detection costs a second VAD and feature pass, not a second decode.
         """
         common = dict(vad_filter=self.vad, beam_size=self.beam_size, condition_on_previous_text=False)
-        if decision is not None:
-            segments, _ = self.model.transcribe(audio, language=decision.language, **common)
-            return list(segments), decision
-        segments, info = self.model.transcribe(audio, language=None, **common)
-        if self.vad and info.duration_after_vad <= 0:
-            return [], None  # no speech yet: the next chunk decides
-        probs = info.all_language_probs or [(info.language, float(info.language_probability))]
-        decision = decide_language(probs, self.expected_languages, self.min_language_probability)
-        if decision.redecode:
-            segments, _ = self.model.transcribe(audio, language=decision.language, **common)
+        language = decision.language if decision is not None else None
+        segments, info = self.model.transcribe(audio, language=language, **common)
+        speech_s = info.duration_after_vad if self.vad else info.duration
+        if self.vad and speech_s <= 0:
+            return [], decision  # no speech (yet: without a decision the next chunk decides)
+        redecode = False
+        if decision is None:
+            probs = info.all_language_probs or [(info.language, float(info.language_probability))]
+            decision = decide_language(probs, self.expected_languages, self.min_language_probability)
+            redecode = decision.redecode
+        cap = token_cap(speech_s)
+        if redecode or cap is not None:
+            # Nothing is decoded yet (segments is lazy): decoding again costs one more VAD + feature pass.
+            segments, _ = self.model.transcribe(audio, language=decision.language, max_new_tokens=cap, **common)
         return list(segments), decision
 
 

@@ -15,7 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.asr import SAMPLE_RATE, Transcriber, Transcript, _chunks, _quietest_cut, decide_language
+from indexer.asr import (
+    SAMPLE_RATE,
+    TOKENS_PER_SPEECH_SECOND,
+    Transcriber,
+    Transcript,
+    _chunks,
+    _quietest_cut,
+    decide_language,
+    token_cap,
+)
 from indexer.asr_quality import corpus_wer, normalize_text, word_edits, word_error_rate
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "data" / "media"
@@ -348,3 +357,34 @@ def test_english_only_model_skips_detection() -> None:
     assert result.language == "en" and result.detected_language is None and not result.redecoded
     assert "English-only" in result.language_decision
     assert "ask not what your country can do for you" in normalize_text(result.text)
+
+
+def test_token_cap_scales_with_speech() -> None:
+    assert token_cap(3.0) == 3 * TOKENS_PER_SPEECH_SECOND + 32
+    assert token_cap(0.0) == 32
+    assert token_cap(30.0) is None  # a full window: Whisper's own 448-token limit is the lower one
+
+
+@needs_speech
+@pytest.mark.slow
+def test_music_kept_by_vad_decodes_with_a_bounded_token_budget(transcriber: Transcriber, monkeypatch) -> None:
+    """bigbuckbunny.mp4 is music that the VAD keeps ~3 s of; uncapped, Whisper loops on "Hmmm" to 448 tokens at
+    every fallback temperature. The decode that produces the transcript gets a cap scaled to the speech found,
+    while real speech (jfk, 11 s) still comes out whole under its own cap."""
+    calls: list[dict] = []
+    real = transcriber.model.transcribe
+
+    def spy(audio, **kwargs):
+        segments, info = real(audio, **kwargs)
+        calls.append({"cap": kwargs.get("max_new_tokens"), "speech_s": info.duration_after_vad})
+        return segments, info
+
+    monkeypatch.setattr(transcriber.model, "transcribe", spy)
+    music = transcriber.transcribe(MEDIA / "video" / "bigbuckbunny.mp4")
+    assert 0 < calls[-1]["speech_s"] < 10 and calls[-1]["cap"] == token_cap(calls[-1]["speech_s"]) < 448
+    assert len(music.text) < 100, music.text  # no runaway repetition made it into the transcript
+    calls.clear()
+    jfk = transcriber.transcribe(SPEECH / "jfk.flac")
+    assert calls[-1]["cap"] == token_cap(calls[-1]["speech_s"])
+    assert "ask not what your country can do for you" in jfk.text.lower()
+    assert jfk.text.lower().rstrip(".").endswith("for your country")
