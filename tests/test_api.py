@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from indexer.settings import Settings
+from tests.helpers import wait_for_job
 from tests.media_fixtures import MEDIA, speech_video
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not MEDIA.exists(), reason=f"no test media at {MEDIA}")]
@@ -39,13 +40,7 @@ def client(tmp_path_factory, media):
 
 
 def wait_job(client: TestClient, job_id: int, timeout: float = 180) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("done", "failed"):
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
+    return wait_for_job(lambda path: client.get(path).json(), job_id, timeout)
 
 
 def upload(client: TestClient, path: Path, name: str | None = None, **kw):

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
+from tests.helpers import wait_for_job
 from tests.media_fixtures import MEDIA, speech_video
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser,
@@ -129,23 +130,14 @@ def jfk_video(tmp_path_factory) -> Path:
     return speech_video(MEDIA / "speech" / "jfk.flac", tmp_path_factory.mktemp("media") / "jfk.mp4")
 
 
-def _wait_for_job(server: str, job_id: int) -> dict:
-    deadline = time.monotonic() + INGEST_TIMEOUT_MS / 1000
-    while time.monotonic() < deadline:
-        job = httpx.get(f"{server}/v1/jobs/{job_id}").json()
-        if job["status"] in ("done", "failed"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish in time")
-
-
 @pytest.fixture(scope="module")
 def jfk_indexed(server, jfk_video) -> int:
     """The jfk video indexed (by the upload test through the page, or here through the API when it ran alone)."""
     with jfk_video.open("rb") as f:
         accepted = httpx.post(f"{server}/v1/videos", files={"file": ("jfk.mp4", f, "video/mp4")}, timeout=60).json()
     if accepted["status"] != "done":
-        assert _wait_for_job(server, accepted["job_id"])["status"] == "done"
+        assert wait_for_job(lambda path: httpx.get(server + path).json(), accepted["job_id"],
+                            timeout=INGEST_TIMEOUT_MS / 1000, poll=0.5)["status"] == "done"
     return accepted["video_id"]
 
 

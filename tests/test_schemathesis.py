@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import hypothesis
 import pytest
 
+from tests.helpers import wait_for_job
 from tests.media_fixtures import MEDIA, speech_video
 
 schemathesis = pytest.importorskip("schemathesis", minversion="4.0")
@@ -83,17 +83,6 @@ def _openapi_document() -> dict[str, Any]:
 schema = schemathesis.openapi.from_dict(_openapi_document(), config=schemathesis.Config.from_dict(CONFIG))
 
 
-def _wait_job(client: Any, job_id: int, timeout: float = 180.0) -> dict:
-    deadline = time.monotonic() + timeout
-    job: dict = {}
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("done", "failed"):
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {job}")
-
-
 @pytest.fixture(scope="module")
 def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two speech videos; also the only allowed root of bulk ingest, so that endpoint does real work."""
@@ -130,7 +119,7 @@ def live_app(tmp_path_factory: pytest.TempPathFactory, media_root: Path) -> Iter
                 r = client.post("/v1/videos", files={"file": (name, f, "video/mp4")})
             assert r.status_code == 202, r.text
             assert r.json()["video_id"] == expected_id, r.json()
-            assert _wait_job(client, r.json()["job_id"])["status"] == "done"
+            assert wait_for_job(lambda path: client.get(path).json(), r.json()["job_id"])["status"] == "done"
         assert client.get("/v1/search", params={"q": "warm up the text encoder"}).status_code == 200
         yield app
     finally:
