@@ -6,8 +6,10 @@ Fusion (documented in the README): ``score = (1 - w) * visual + w * speech`` whe
   to log(12)/(2*scale) ~ 0.012 for a fused model),
 - speech = max over the video's segments of max(cosine of MiniLM embeddings, full-text score in [0, 1]),
 - w = ``speech_weight`` (default 0.5). In speech mode (no visual model) score = speech.
-Every candidate from any source gets all its parts computed exactly, so the ranking does not depend on
-which source found it. Ties break by video id, so pages are stable.
+Candidates: the ``pool_size(k)`` best videos of the visual ANN plus as many by their best transcript segment
+(segment ANN by meaning, full text by words). Every candidate from any source gets all its parts computed
+exactly, so the ranking does not depend on which source found it. The pool depends on the query and k only,
+ties break by video id, so pages are stable; a query pages through at most its pool.
 """
 
 from __future__ import annotations
