@@ -82,7 +82,7 @@ def build_model(device: str = "cpu", config: str = "save-b32"):
 
 
 def make_services(home: Path, model, batch: int, device: str, whisper_threads: int, whisper_model: str | None,
-                  compute_type: str = "auto"):
+                  compute_type: str = "default"):
     from indexer.asr import Transcriber
     from indexer.encode import VisualEncoder
     from indexer.settings import Settings
@@ -376,7 +376,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2 = this machine's cores)")
     p.add_argument("--batch", type=int, default=8, help="encode batch size (Settings.encode_batch_size)")
     p.add_argument("--whisper-threads", type=int, default=2, help="faster-whisper cpu_threads")
-    p.add_argument("--whisper-compute-type", default="auto", help="CTranslate2 compute type (worker default: auto)")
+    p.add_argument("--whisper-compute-type", default="default", help="CTranslate2 compute type (worker default)")
     p.add_argument("--variants", action="store_true", help="also try 1/2 threads, batch 1/8, overlapped stages")
     p.add_argument("--quick", action="store_true", help="3 clips, for a smoke run (never appended)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the GPU script sets it)")

@@ -57,8 +57,9 @@ TOKEN_CAP_MARGIN = 32
 
 
 def resolve_compute_type(compute_type: str, device: str) -> str:
-    """``auto``: int8 on CPU (1.3x faster than float32 at the same WER, BENCHMARKS.md), float16 on CUDA; any
-    CTranslate2 type is passed through."""
+    """``auto``: int8 on CPU (1.3x faster than float32 at the same WER, BENCHMARKS.md, but it places segment
+    boundaries differently: jfk.flac comes out as one 11 s segment instead of two), float16 on CUDA; any other
+    CTranslate2 type (``default``: the model's stored type, float32 on CPU) is passed through."""
     if compute_type != "auto":
         return compute_type
     if device == "auto":
@@ -147,7 +148,7 @@ class Transcriber:
     ``chunk_seconds`` bounds the audio handled (and held as float32) at once.
     """
 
-    def __init__(self, model: str = WHISPER_BASE_NAME, device: str = "auto", compute_type: str = "auto",
+    def __init__(self, model: str = WHISPER_BASE_NAME, device: str = "auto", compute_type: str = "default",
                  cpu_threads: int = 0, vad: bool = True, expected_languages: Sequence[str] = (),
                  min_language_probability: float = 0.5, beam_size: int = 5, chunk_seconds: float = 600.0,
                  language: str | None = None) -> None:

@@ -32,7 +32,7 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda
     # speech
     whisper_model: str = WHISPER_BASE_NAME
-    whisper_compute_type: str = "auto"  # int8 on CPU, float16 on CUDA; or any CTranslate2 compute type
+    whisper_compute_type: str = "default"  # the model's type; "auto": int8 on CPU, float16 on CUDA (faster)
     whisper_beam_size: int = 5
     expected_languages: list[str] = field(default_factory=list)  # e.g. ["en"]; empty = any
     language_min_probability: float = 0.5

@@ -23,6 +23,7 @@ from indexer.asr import (
     _chunks,
     _quietest_cut,
     decide_language,
+    resolve_compute_type,
     token_cap,
 )
 from indexer.asr_quality import corpus_wer, normalize_text, word_edits, word_error_rate
@@ -388,3 +389,10 @@ def test_music_kept_by_vad_decodes_with_a_bounded_token_budget(transcriber: Tran
     assert calls[-1]["cap"] == token_cap(calls[-1]["speech_s"])
     assert "ask not what your country can do for you" in jfk.text.lower()
     assert jfk.text.lower().rstrip(".").endswith("for your country")
+
+
+def test_compute_type_auto() -> None:
+    assert resolve_compute_type("auto", "cpu") == "int8"
+    assert resolve_compute_type("auto", "cuda:1") == "float16"
+    assert resolve_compute_type("default", "cpu") == "default"
+    assert resolve_compute_type("int8_float16", "cuda") == "int8_float16"
