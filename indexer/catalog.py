@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from .db import Segment, Video
@@ -49,6 +49,7 @@ class ManagedIndex:
         self.requested_type = requested_type
         self.index: VectorIndex | None = None
         self.version: int | None = None
+        self._pending: VectorIndex | None = None  # built by prepare(), swapped in by sync()
 
     def load(self) -> None:
         """Load the published snapshot if it holds our embedding space, else start empty."""
@@ -72,22 +73,43 @@ class ManagedIndex:
             return True
         return False
 
+    def _needs_rebuild(self, index: VectorIndex, n: int) -> bool:
+        """The collection outgrew the index type, or an IVF-PQ index its trained lists (``ivfpq_outgrown``)."""
+        wanted = choose_index_type(n, self.requested_type)
+        return wanted != index.kind or (wanted == "ivfpq" and ivfpq_outgrown(index.params()["nlist"], n))
+
+    def _build(self, rows: list[tuple[int, np.ndarray]], n: int) -> VectorIndex:
+        ids = np.array([i for i, _ in rows], dtype=np.int64)
+        vecs = np.stack([v for _, v in rows]).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
+        return VectorIndex.create(self.dim, choose_index_type(n, self.requested_type), vectors=vecs, ids=ids)
+
+    def prepare(self, count: int, fetch_all: Callable[[], list[tuple[int, np.ndarray]]]) -> bool:
+        """Build a replacement index now if ``sync`` would have to rebuild (minutes of k-means at scale), so that
+        the caller can do it without holding the lock searches wait for; ``sync`` swaps it in."""
+        index = self.index
+        if index is None or not self._needs_rebuild(index, count):
+            return False
+        rows = fetch_all()
+        self._pending = self._build(rows, len(rows))
+        log.info("prepared a %s index for %s over %d vectors", self._pending.kind, self.folder.name, len(rows))
+        return True
+
     def sync(self, db_ids: set[int], fetch: Callable[[set[int] | None], list[tuple[int, np.ndarray]]]) -> SyncReport:
         """Make the index hold exactly ``db_ids``. ``fetch(ids)`` returns (id, vector) rows for those ids
         (``None``: all of them). When the collection outgrows the index type, or an IVF-PQ index its trained
-        lists (``ivfpq_outgrown``), the index is rebuilt (and retrained) from all vectors."""
+        lists (``ivfpq_outgrown``), the index is rebuilt (and retrained) from all vectors, unless ``prepare``
+        built the replacement already (then only the changes since are applied to it)."""
         assert self.index is not None
-        wanted = choose_index_type(len(db_ids), self.requested_type)
-        outgrown = (wanted == self.index.kind == "ivfpq"
-                    and ivfpq_outgrown(self.index.params()["nlist"], len(db_ids)))
-        if wanted != self.index.kind or outgrown:
+        pending, self._pending = self._pending, None
+        if pending is not None and not self._needs_rebuild(pending, len(db_ids)):
+            self.index = pending
+        if self._needs_rebuild(self.index, len(db_ids)):
+            outgrown = self.index.kind == "ivfpq" == choose_index_type(len(db_ids), self.requested_type)
             rows = fetch(None)
-            ids = np.array([i for i, _ in rows], dtype=np.int64)
-            vecs = np.stack([v for _, v in rows]).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
-            self.index = VectorIndex.create(self.dim, wanted, vectors=vecs, ids=ids)
-            log.info("rebuilt %s as a %s index over %d vectors%s", self.folder.name, wanted, len(ids),
+            self.index = self._build(rows, len(db_ids))
+            log.info("rebuilt %s as a %s index over %d vectors%s", self.folder.name, self.index.kind, len(rows),
                      " (retrained: the collection outgrew its IVF lists)" if outgrown else "")
-            return SyncReport(added=len(ids))
+            return SyncReport(added=len(rows))
         have = set(self.index.ids().tolist())
         report = SyncReport()
         extra = have - db_ids
@@ -147,6 +169,21 @@ class Catalog:
             reports["segments"] = self.segments.sync(seg_ids, lambda ids: _fetch(s, Segment.id, Segment.embedding,
                                                                                  has_embedding, ids))
         return reports
+
+    def prepare(self) -> bool:
+        """Build, without any lock, the indexes the next ``sync`` would have to rebuild (see
+        ``ManagedIndex.prepare``); the worker calls it before taking the index lock."""
+        prepared = False
+        with self.sessions() as s:
+            if self.videos is not None:
+                has_vector = (Video.model_version == self.model_version) & Video.pooled.is_not(None)
+                count = s.scalar(select(func.count()).select_from(Video).where(has_vector)) or 0
+                prepared |= self.videos.prepare(count, lambda: _fetch(s, Video.id, Video.pooled, has_vector, None))
+            has_embedding = Segment.embedding.is_not(None)
+            count = s.scalar(select(func.count()).select_from(Segment).where(has_embedding)) or 0
+            prepared |= self.segments.prepare(count, lambda: _fetch(s, Segment.id, Segment.embedding,
+                                                                    has_embedding, None))
+        return prepared
 
     def publish(self) -> None:
         if self.videos is not None:

@@ -142,6 +142,7 @@ class Worker:
         if stale:
             log.warning("%d video(s) were encoded with another model (or none) and are not visually searchable "
                         "with this one: run `save-search reindex` to re-encode them", stale)
+        self.services.catalog.prepare()  # rebuilds (k-means) outside the lock searches wait for
         with self.services.index_lock:
             reports = self.services.catalog.sync_and_publish()
         if any(r.added or r.removed for r in reports.values()):
@@ -215,8 +216,10 @@ class Worker:
                 self._fail(p.item_id, TransientError(f"could not store the video: {type(exc).__name__}: {exc}"))
             finally:
                 shutil.rmtree(self.work_dir / str(p.item_id), ignore_errors=True)
-        with self.timed("index"), self.services.index_lock:
-            self.services.catalog.sync_and_publish()
+        with self.timed("index"):
+            self.services.catalog.prepare()  # rebuilds (k-means) outside the lock searches wait for
+            with self.services.index_lock:
+                self.services.catalog.sync_and_publish()
 
     def _fail(self, item_id: int, error: IngestError) -> None:
         outcome = self.queue.mark_failed(item_id, self.owner, error)

@@ -390,7 +390,7 @@ def test_choose_index_type_thresholds() -> None:
 
 def test_ivfpq_trains_on_a_sample_and_is_retrained_when_outgrown(tmp_path) -> None:
     """A large build trains on ~40 vectors per list, not on everything; the catalog retrains an IVF-PQ index
-    once the collection asks for twice its lists (~4x the vectors it was trained for)."""
+    once the collection asks for twice its lists (~4x the vectors it was trained for), built ahead by prepare()."""
     from indexer.catalog import ManagedIndex
 
     sample = store.ivf_training_sample(1_000_000, 4000)
@@ -419,8 +419,17 @@ def test_ivfpq_trains_on_a_sample_and_is_retrained_when_outgrown(tmp_path) -> No
     managed.sync(in_db, fetch)  # grown 2.4x: lists only added to
     assert managed.index.params()["nlist"] == 632 and len(managed.index) == 60_000
     in_db = set(ids.tolist())
-    managed.sync(in_db, fetch)  # grown 4x: retrained for its size
-    assert managed.index.params()["nlist"] == ivf_nlist(100_000) == 1265 and len(managed.index) == 100_000
+    # Grown 4x: the worker prepares the retrained index outside the index lock; the live one is untouched until
+    # sync swaps it in and applies only what changed since (here: one video deleted in between).
+    assert managed.prepare(len(in_db), lambda: fetch(None))
+    assert managed.index.params()["nlist"] == 632
+    in_db.discard(7)
+    report = managed.sync(in_db, fetch)
+    assert (report.added, report.removed) == (0, 1)
+    assert managed.index.params()["nlist"] == ivf_nlist(100_000) == 1265 and len(managed.index) == 99_999
+    assert not managed.prepare(len(in_db), lambda: fetch(None))  # nothing to rebuild now
+    in_db.add(7)
+    managed.sync(in_db, fetch)
     _, found = managed.index.search(vectors[:1], 10)
     assert 1 in found[0]
 
