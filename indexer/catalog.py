@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
@@ -155,34 +156,34 @@ class Catalog:
             changed = self.videos.reload_if_changed() or changed
         return changed
 
+    def _sources(self) -> list[tuple[ManagedIndex, Any, Any, Any]]:
+        """(index, id column, vector column, which rows belong in it) for each index: what sync and prepare read."""
+        sources: list[tuple[ManagedIndex, Any, Any, Any]] = []
+        if self.videos is not None:
+            sources.append((self.videos, Video.id, Video.pooled,
+                            (Video.model_version == self.model_version) & Video.pooled.is_not(None)))
+        sources.append((self.segments, Segment.id, Segment.embedding, Segment.embedding.is_not(None)))
+        return sources
+
     def sync(self) -> dict[str, SyncReport]:
         """Reconcile both indexes with the database (start-up repair, and after every committed batch)."""
         reports: dict[str, SyncReport] = {}
         with self.sessions() as s:
-            if self.videos is not None:
-                has_vector = (Video.model_version == self.model_version) & Video.pooled.is_not(None)
-                video_ids = set(s.scalars(select(Video.id).where(has_vector)))
-                reports["videos"] = self.videos.sync(video_ids, lambda ids: _fetch(s, Video.id, Video.pooled,
-                                                                                   has_vector, ids))
-            has_embedding = Segment.embedding.is_not(None)
-            seg_ids = set(s.scalars(select(Segment.id).where(has_embedding)))
-            reports["segments"] = self.segments.sync(seg_ids, lambda ids: _fetch(s, Segment.id, Segment.embedding,
-                                                                                 has_embedding, ids))
+            for managed, id_col, vector_col, belongs in self._sources():
+                db_ids = set(s.scalars(select(id_col).where(belongs)))
+                reports[managed.folder.name] = managed.sync(
+                    db_ids, lambda ids, c=id_col, v=vector_col, b=belongs: _fetch(s, c, v, b, ids))
         return reports
 
     def prepare(self) -> bool:
         """Build, without any lock, the indexes the next ``sync`` would have to rebuild (see
-        ``ManagedIndex.prepare``); the worker calls it before taking the index lock."""
+        ``ManagedIndex.prepare``); the worker calls it before taking the index lock. Costs one count per index
+        (a scan, like sync's id scan: see docs/scale-out.md)."""
         prepared = False
         with self.sessions() as s:
-            if self.videos is not None:
-                has_vector = (Video.model_version == self.model_version) & Video.pooled.is_not(None)
-                count = s.scalar(select(func.count()).select_from(Video).where(has_vector)) or 0
-                prepared |= self.videos.prepare(count, lambda: _fetch(s, Video.id, Video.pooled, has_vector, None))
-            has_embedding = Segment.embedding.is_not(None)
-            count = s.scalar(select(func.count()).select_from(Segment).where(has_embedding)) or 0
-            prepared |= self.segments.prepare(count, lambda: _fetch(s, Segment.id, Segment.embedding,
-                                                                    has_embedding, None))
+            for managed, id_col, vector_col, belongs in self._sources():
+                count = s.scalar(select(func.count()).select_from(id_col.table).where(belongs)) or 0
+                prepared |= managed.prepare(count, lambda c=id_col, v=vector_col, b=belongs: _fetch(s, c, v, b, None))
         return prepared
 
     def publish(self) -> None:
