@@ -380,14 +380,19 @@ def search(
 @app.command("reindex")
 def reindex(
     rebuild_only: Annotated[bool, typer.Option(help="Only rebuild the index files from stored features.")] = False,
+    text: Annotated[bool, typer.Option(
+        "--text", help="Also recompute normalised full text and passage embeddings from the stored transcripts "
+                       "(after an upgrade that changed them; no audio is decoded).")] = False,
     database_url: DatabaseOpt = None,
     model: ModelOpt = None,
 ) -> None:
     """Re-encode videos made with another model (never mixing embedding spaces), then rebuild the indexes."""
     _setup_logging()
-    from indexer.reindex import rebuild_indexes, reencode_stale
+    from indexer.reindex import rebuild_indexes, reencode_stale, reindex_text
 
     services = _services(_settings(database_url, model))
+    if text:
+        typer.echo(f"recomputed the text data of {reindex_text(services)} video(s)")
     if not rebuild_only:
         done, failed = reencode_stale(services)
         typer.echo(f"re-encoded {done} video(s), {failed} failed")

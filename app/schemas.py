@@ -12,8 +12,9 @@ DbId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
 
 
 class Moment(BaseModel):
-    start: float = Field(description="Start of the best matching transcript segment, in seconds.")
-    end: float = Field(description="End of that segment, in seconds.")
+    start: float = Field(description="Start of the best matching passage (one to three adjacent transcript "
+                                     "segments), in seconds.")
+    end: float = Field(description="End of that passage, in seconds.")
     text: str
     highlights: list[tuple[int, int]] = Field(default_factory=list,
                                               description="Character spans of `text` matching the query words.")
@@ -22,9 +23,13 @@ class Moment(BaseModel):
 class SearchResult(BaseModel):
     video_id: int
     filename: str = Field(description="Original file name.")
-    score: float = Field(description="Fused score: (1 - w) * visual_score + w * speech_score (see README).")
-    visual_score: float | None = Field(description="Exact SAVE similarity / logit scale; null in speech mode.")
-    speech_score: float | None = Field(description="Best transcript match in [0, 1]; null without speech.")
+    score: float = Field(description="Probability-like relevance in [0, 1]: 1 - (1 - visual_score) * "
+                                     "(1 - speech_score), the missing channel counting 0 (see README, Search).")
+    visual_score: float | None = Field(description="Calibrated visual match in [0, 1] (exact SAVE similarity "
+                                                   "through a fixed logistic map); null in speech mode.")
+    speech_score: float | None = Field(description="Calibrated transcript match in [0, 1]: on the retrieval "
+                                                   "benchmark about this share of results with this score were "
+                                                   "the right video; null without speech.")
     duration: float
     language: str | None = None
     thumbnail_url: str
@@ -57,6 +62,11 @@ class VideoOut(BaseModel):
     has_audio: bool | None = None
     size_bytes: int | None = None
     language: str | None = None
+    language_probability: float | None = Field(None, description="Whisper's detection probability of `language`.")
+    language_method: str | None = Field(None, description="How the language was chosen: detected, compared "
+                                                          "(uncertain detection: candidate decodes compared), "
+                                                          "expected, given, english-only or none.")
+    language_decision: str | None = Field(None, description="One line saying how the language was chosen.")
     model_mode: str | None = None
     model_version: str | None = None
     created_at: str

@@ -98,6 +98,7 @@ class Transcript:
     redecoded: bool = False
     language_decision: str = ""
     chunks: int = 0
+    language_method: str = ""
 
 
 @dataclass(frozen=True)

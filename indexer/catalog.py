@@ -1,9 +1,9 @@
 """Keeps the FAISS indexes in agreement with the database, which is the source of truth.
 
-Two indexes: pooled SAVE video vectors (ids = video ids) and transcript segment sentence embeddings
-(ids = segment ids). Both are derived: ``sync`` adds what the database has and the index lacks and removes
-what the database no longer has, so crash repair and normal updates are the same operation. Writers publish
-atomic snapshots; readers reload when the published version changes.
+Two indexes: pooled SAVE video vectors (ids = video ids) and the sentence embeddings of transcript passages
+(ids = passage ids, see ``indexer.passages``). Both are derived: ``sync`` adds what the database has and the
+index lacks and removes what the database no longer has, so crash repair and normal updates are the same
+operation. Writers publish atomic snapshots; readers reload when the published version changes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from .db import Segment, Video
+from .db import Passage, Video
 from .store import VectorIndex, choose_index_type, current_version, ivfpq_outgrown, load_snapshot, save_snapshot
 
 log = logging.getLogger(__name__)
@@ -134,24 +134,24 @@ class ManagedIndex:
 
 
 class Catalog:
-    """The video and segment indexes of one collection, synced from the database."""
+    """The video and passage indexes of one collection, synced from the database."""
 
     def __init__(self, index_dir: Path, sessions: sessionmaker, model_version: str | None, video_dim: int | None,
-                 segment_space: str, segment_dim: int, index_type: str = "auto") -> None:
+                 passage_space: str, passage_dim: int, index_type: str = "auto") -> None:
         self.sessions = sessions
         self.index_dir = index_dir
         self.model_version = model_version
         self.videos = (ManagedIndex(index_dir / "videos", video_dim, model_version, index_type)
                        if model_version and video_dim else None)
-        self.segments = ManagedIndex(index_dir / "segments", segment_dim, segment_space, index_type)
+        self.passages = ManagedIndex(index_dir / "passages", passage_dim, passage_space, index_type)
 
     def load(self) -> None:
         if self.videos is not None:
             self.videos.load()
-        self.segments.load()
+        self.passages.load()
 
     def reload_if_changed(self) -> bool:
-        changed = self.segments.reload_if_changed()
+        changed = self.passages.reload_if_changed()
         if self.videos is not None:
             changed = self.videos.reload_if_changed() or changed
         return changed
@@ -162,7 +162,7 @@ class Catalog:
         if self.videos is not None:
             sources.append((self.videos, Video.id, Video.pooled,
                             (Video.model_version == self.model_version) & Video.pooled.is_not(None)))
-        sources.append((self.segments, Segment.id, Segment.embedding, Segment.embedding.is_not(None)))
+        sources.append((self.passages, Passage.id, Passage.embedding, Passage.embedding.is_not(None)))
         return sources
 
     def sync(self) -> dict[str, SyncReport]:
@@ -189,7 +189,7 @@ class Catalog:
     def publish(self) -> None:
         if self.videos is not None:
             self.videos.publish()
-        self.segments.publish()
+        self.passages.publish()
 
     def sync_and_publish(self) -> dict[str, SyncReport]:
         """Sync from the database and publish, as one step across processes: whoever publishes last also

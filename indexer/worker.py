@@ -29,12 +29,13 @@ from models.preprocess import preprocess_frames, tokenize_speech
 
 from .asr import Transcriber, Transcript
 from .catalog import Catalog, to_blob
-from .db import JobItem, Segment, Video, make_engine, session_factory
+from .db import JobItem, Video, make_engine, session_factory
 from .decode import DecodedVideo, decode, fbank_from_pcm, pcm_memmap, save_thumbnail
 from .encode import VisualEncoder
 from .errors import IngestError, TransientError
 from .jobs import JobQueue, default_owner
 from .migrate import init_db
+from .passages import EmbeddedTranscript, embed_transcript
 from .probe import ProbeResult, check_access, probe
 from .settings import Settings
 from .store import FeatureStore
@@ -42,7 +43,12 @@ from .transcripts import SentenceEncoder
 
 log = logging.getLogger(__name__)
 
-SEGMENT_SPACE = "all-MiniLM-L6-v2"
+SENTENCE_MODEL = "all-MiniLM-L6-v2"
+
+
+def passage_space(settings: Settings) -> str:
+    """The embedding space of the passage index: the sentence encoder and what it reads (a change rebuilds)."""
+    return f"{SENTENCE_MODEL}/passages" + ("/normalized" if settings.normalize_sentence_input else "")
 
 
 def hash_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -66,7 +72,7 @@ class Prepared:
     decoded: DecodedVideo
     transcript: Transcript
     inputs: VideoInputs
-    segment_embeddings: np.ndarray
+    text: EmbeddedTranscript
     thumbnail: Path
 
 
@@ -87,7 +93,7 @@ class Services:
         self.index_lock = threading.RLock()  # the in-process catalog is shared by an embedded worker and the API
         status = self.encoder.status()
         dim = self.encoder.model.config.embed_dim if self.encoder.model is not None else None
-        self.catalog = Catalog(settings.index_dir, self.sessions, status.model_version, dim, SEGMENT_SPACE,
+        self.catalog = Catalog(settings.index_dir, self.sessions, status.model_version, dim, passage_space(settings),
                                self.sentences.dim, settings.index_type)
         self.catalog.load()
 
@@ -289,11 +295,10 @@ class Worker:
             inputs = self._model_inputs(decoded, pcm, transcript.text)
             thumb = save_thumbnail(decoded.thumbnail, self.thumbs / f"{content_hash}.jpg")
         with self.timed("sentences"):
-            texts = [seg.text for seg in transcript.segments]
-            embeddings = (self.services.sentences.encode(texts) if texts
-                          else np.zeros((0, self.services.sentences.dim), np.float32))
+            text = embed_transcript(self.services.sentences, [(s.start, s.end, s.text) for s in transcript.segments],
+                                    settings.normalize_sentence_input)
         return Prepared(item_id, path, item.filename, content_hash, item.video_id, result, decoded, transcript, inputs,
-                        embeddings, thumb)
+                        text, thumb)
 
     def _model_inputs(self, decoded: DecodedVideo, pcm: np.ndarray | None, transcript: str) -> VideoInputs:
         encoder = self.services.encoder
@@ -317,6 +322,8 @@ class Worker:
                               size_bytes=p.probe.size_bytes, duration_s=p.probe.duration_s, width=p.probe.width,
                               height=p.probe.height, has_audio=p.probe.has_audio, thumbnail_path=str(p.thumbnail),
                               transcript=t.text, language=t.language, language_probability=t.language_probability,
+                              language_method=t.language_method or None,
+                              language_decision=t.language_decision or None,
                               model_mode=status.mode, status="indexed", error=None)
                 video = s.get(Video, p.reserved_video_id) if p.reserved_video_id else None
                 if video is None:
@@ -325,9 +332,10 @@ class Worker:
                     for key, value in fields.items():
                         setattr(video, key, value)
                     video.segments.clear()
-                for i, (seg, vec) in enumerate(zip(t.segments, p.segment_embeddings, strict=True)):
-                    video.segments.append(Segment(idx=i, start_s=seg.start, end_s=seg.end, text=seg.text,
-                                                  embedding=to_blob(vec)))
+                    video.passages.clear()
+                segments, passages = p.text.rows()
+                video.segments.extend(segments)
+                video.passages.extend(passages)
                 s.add(video)
                 s.flush()
                 if embedding is not None and self.store is not None:

@@ -9,7 +9,7 @@ import json
 from fastapi import APIRouter, HTTPException, Query
 
 from indexer.search import SearchResult as Found
-from indexer.transcripts import highlight_terms
+from indexer.text import word_spans
 
 from ..deps import AppState, ReadState
 from ..schemas import ERROR_RESPONSES, Moment, SearchResponse, SearchResult
@@ -46,7 +46,7 @@ def to_api(result: Found, query: str, state: AppState) -> SearchResult:
         video_url=state.media_url(result.video_id, "media"),
         transcript=result.transcript,
         segment=None if seg is None else Moment(start=seg.start, end=seg.end, text=seg.text,
-                                                highlights=highlight_terms(query, seg.text)),
+                                                highlights=word_spans(seg.text, query)),
     )
 
 

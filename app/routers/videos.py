@@ -22,7 +22,8 @@ def _video_out(state: AppState, v: Video) -> VideoOut:
     return VideoOut(
         video_id=v.id, status=v.status, error=v.error, filename=v.filename, duration=v.duration_s, width=v.width,
         height=v.height, has_audio=v.has_audio, size_bytes=v.size_bytes, language=v.language,
-        model_mode=v.model_mode, model_version=v.model_version, created_at=v.created_at.isoformat() + "Z",
+        language_probability=v.language_probability, language_method=v.language_method,
+        language_decision=v.language_decision, model_mode=v.model_mode, model_version=v.model_version, created_at=v.created_at.isoformat() + "Z",
         thumbnail_url=state.media_url(v.id, "thumbnail"), video_url=state.media_url(v.id, "media"),
         transcript=v.transcript or "",
         segments=[SegmentOut(start=s.start_s, end=s.end_s, text=s.text) for s in v.segments],
