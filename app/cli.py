@@ -377,6 +377,50 @@ def search(
         typer.echo(f"{rank:>2}. {r.filename} (video {r.video_id}) score {r.score:.3f}{moment}")
 
 
+@app.command("evaluate-search")
+def evaluate_search(
+    queries: Annotated[Path, typer.Argument(help="TSV: query, expected file name or video id, optional start, end "
+                                                 "(seconds) and kind; '#' comments.")],
+    k: Annotated[int, typer.Option(help="Results looked at per query (ranks beyond count as not found).")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    fit_calibration: Annotated[bool, typer.Option(
+        "--fit-calibration", help="Also fit the speech (and visual) score maps on these queries and print them "
+                                  "as SAVE_SEARCH_*_CALIBRATION values.")] = False,
+    database_url: DatabaseOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Search quality on your own labelled queries: R@1, R@5, MRR and moment accuracy on the running collection."""
+    _setup_logging()
+    from indexer import evaluation
+    from indexer.search import SearchService
+
+    try:
+        labelled = evaluation.read_queries(queries)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    service = SearchService(_services(_settings(database_url, model)))
+    try:
+        report = evaluation.evaluate(service, labelled, k=k)
+    except ValueError as exc:
+        _fail(str(exc))
+    fits = {}
+    if fit_calibration:
+        for channel in ("speech", "visual"):
+            pairs = evaluation.calibration_pairs(report.outcomes, channel)
+            try:
+                fits[channel] = evaluation.fit_calibration(pairs)
+            except ValueError as exc:
+                fits[channel] = str(exc)
+    if as_json:
+        typer.echo(json.dumps({**report.to_dict(), "calibration": fits}, indent=2))
+        return
+    typer.echo(evaluation.format_report(report))
+    for channel, fit in fits.items():
+        value = f"SAVE_SEARCH_{channel.upper()}_CALIBRATION={fit[0]:.3f},{fit[1]:.3f}" if isinstance(fit, tuple) \
+            else f"not fitted: {fit}"
+        typer.echo(f"{channel} calibration: {value}")
+
+
 @app.command("reindex")
 def reindex(
     rebuild_only: Annotated[bool, typer.Option(help="Only rebuild the index files from stored features.")] = False,

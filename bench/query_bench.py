@@ -429,10 +429,12 @@ def insert_videos(services, col: Collection, version: str, batch: int = 10_000) 
 
 def insert_segments(services, n_videos: int, per_video: int, seed: int, batch: int = 20_000) -> float:
     """Transcript segments for the synthetic videos, as the worker commits them: 12 real English words each (so
-    full-text queries match like real ones) and a random unit MiniLM-sized embedding, fp16."""
+    full-text queries match like real ones), and their passages (``indexer.passages.spans``) with random unit
+    MiniLM-sized embeddings, fp16."""
     from sqlalchemy import insert
 
-    from indexer.db import Segment
+    from indexer.db import Passage, Segment
+    from indexer.passages import spans
 
     rng = np.random.default_rng(seed)
     words = np.array(query_words())
@@ -441,13 +443,20 @@ def insert_segments(services, n_videos: int, per_video: int, seed: int, batch: i
     with services.sessions.begin() as s:
         for lo in range(1, n_videos + 1, batch // per_video):
             vids = range(lo, min(n_videos, lo + batch // per_video - 1) + 1)
-            emb = rng.standard_normal((len(vids) * per_video, dim)).astype(np.float32)
-            emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float16)
             text = rng.choice(words, (len(vids) * per_video, 12))
             rows = [dict(video_id=v, idx=i, start_s=3.0 * i, end_s=3.0 * i + 3.0, text=" ".join(text[j]),
-                         embedding=emb[j].tobytes())
+                         norm_text=" ".join(text[j]).lower())
                     for j, (v, i) in enumerate((v, i) for v in vids for i in range(per_video))]
             s.execute(insert(Segment), rows)
+            per_video_rows = [rows[k:k + per_video] for k in range(0, len(rows), per_video)]
+            passages = [dict(video_id=v, first_idx=p.first, last_idx=p.last, start_s=p.start, end_s=p.end)
+                        for v, group in zip(vids, per_video_rows, strict=True)
+                        for p in spans([(r["start_s"], r["end_s"], r["text"]) for r in group])]
+            emb = rng.standard_normal((len(passages), dim)).astype(np.float32)
+            emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float16)
+            for row, e in zip(passages, emb, strict=True):
+                row["embedding"] = e.tobytes()
+            s.execute(insert(Passage), passages)
     return time.perf_counter() - start
 
 
@@ -525,7 +534,8 @@ def _time_parts(search) -> dict[str, float]:
     wrap("_query_vectors", "encoders")
     wrap("_score", "score (SQL + visual + segments)")
     wrap("_visual_scores", "visual (read + re-score)")
-    wrap("_best_segments", "segments (rows + cosine)")
+    wrap("_best_segments", "segments (rows + cosine)")  # before passages (earlier commits)
+    wrap("_speech_scores", "passages (rows + cosine + words)")
     wrap("_hydrate", "page rows")
     wrap("search", "total")
     return totals

@@ -27,7 +27,9 @@ from sqlalchemy import (
     false,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker, validates
+
+from .text import normalize
 
 
 def utcnow() -> dt.datetime:
@@ -102,6 +104,12 @@ class Segment(Base):
     norm_text: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     video: Mapped[Video] = relationship(back_populates="segments")
+
+    @validates("text")
+    def _normalize_text(self, _key: str, value: str) -> str:
+        """``norm_text`` follows ``text`` whenever it is set, so full text can never index a stale form."""
+        self.norm_text = normalize(value)
+        return value
 
 
 class Passage(Base):

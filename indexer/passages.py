@@ -78,7 +78,7 @@ class EmbeddedTranscript:
 
     def rows(self) -> tuple[list, list]:
         """The ``Segment`` and ``Passage`` rows of a video (without ``video_id``: append them to the video)."""
-        segments = [Segment(idx=i, start_s=start, end_s=end, text=text, norm_text=normalize(text))
+        segments = [Segment(idx=i, start_s=start, end_s=end, text=text)
                     for i, (start, end, text) in enumerate(self.segments)]
         passages = [Passage(first_idx=s.first, last_idx=s.last, start_s=s.start, end_s=s.end, embedding=to_blob(v))
                     for s, v in zip(self.spans, self.embeddings, strict=True)]

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import delete, inspect, text
+from sqlalchemy import delete, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from indexer.db import Base, Segment, Video, make_engine, session_factory
+from indexer.db import Base, Passage, Segment, Video, make_engine, session_factory
 from indexer.migrate import PG_FTS_INDEX, current_revision, head_revision, include_object, init_db
-from indexer.transcripts import SegmentHit, highlight_terms, match_terms, query_terms, search_segments
+from indexer.text import content_terms, terms, word_spans
+from indexer.transcripts import SegmentHit, document_frequencies, search_segments
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,7 +119,7 @@ def test_current_revision_of_empty_database_is_none(fresh_db_url: str) -> None:
 
 
 def test_migrations_twice_are_a_noop(db_url: str, engine: Engine) -> None:
-    assert current_revision(db_url) == head_revision() == "0002"
+    assert current_revision(db_url) == head_revision() == "0003"
     before = _schema_snapshot(engine)
     with session_factory(engine)() as s:
         s.add(_video("c" * 64, ["hello world"]))
@@ -209,7 +210,7 @@ def test_hostile_queries_never_raise(session: Session, corpus: dict[str, Video])
     for q in HOSTILE:
         hits = search_segments(session, q)
         assert isinstance(hits, list), q
-        if any(t.casefold() == "dog" for t in query_terms(q)):
+        if "dog" in terms(q):
             assert dog_ids <= {h.segment_id for h in hits}, q
     assert session.scalar(text("SELECT count(*) FROM segments")) == 8  # still there
 
@@ -249,8 +250,8 @@ def test_deleting_a_video_removes_its_segments_and_index_rows(
 def test_editing_segment_text_updates_the_index(session: Session, corpus: dict[str, Video]) -> None:
     seg = next(s for s in corpus["cars"].segments if "blue car" in s.text)
     seg.text = "A green bicycle leans on the wall."
-    seg.embedding = b"\x00\x01"
     session.commit()
+    assert seg.norm_text == "a green bicycle leans on the wall"
     assert {h.segment_id for h in search_segments(session, "bicycles")} == {seg.id}
     assert seg.id not in {h.segment_id for h in search_segments(session, "blue")}
     if session.get_bind().dialect.name == "sqlite":
@@ -262,10 +263,22 @@ def test_editing_segment_text_updates_the_index(session: Session, corpus: dict[s
 
 def test_highlight_terms() -> None:
     text_ = "The dog was Running; DOGS run. Runner-up: a doghouse, dot."
-    spans = highlight_terms("dogs running", text_)
-    assert [text_[a:b] for a, b in spans] == ["dog", "Running", "DOGS", "run", "Runner"]
-    assert highlight_terms("", text_) == [] and highlight_terms("(*)", text_) == []
-    assert highlight_terms("cat", "a cat, the CAT; cats") == [(2, 5), (11, 14), (16, 20)]
+    spans = word_spans(text_, "dogs running")
+    assert [text_[a:b] for a, b in spans] == ["dog", "Running", "DOGS", "run"]
+    assert word_spans(text_, "") == [] and word_spans(text_, "(*)") == []
+    assert word_spans("a cat, the CAT; cats", "cat") == [(2, 5), (11, 14), (16, 20)]
+
+
+@pytest.mark.parametrize(("query", "text_", "said"), [
+    ("k seven", "Take the K7 exit.", ["K7"]),
+    ("eighteen thirteen", "It was 1813 then.", ["1813"]),
+    ("1813", "It was eighteen thirteen then.", ["eighteen", "thirteen"]),
+    ("fifteen minutes", "Bake for 10-15 minutes.", ["10-15", "minutes"]),
+    ("color of the theater", "The colour of the theatre.", ["colour", "theatre"]),
+    ("do not", "Don't go.", ["Don't"]),
+])
+def test_highlights_meet_numbers_spellings_and_contractions(query: str, text_: str, said: list[str]) -> None:
+    assert [text_[a:b] for a, b in word_spans(text_, query)] == said
 
 
 # --- sentence encoder ------------------------------------------------------------------------------
@@ -314,37 +327,83 @@ def test_encoder_paraphrases_score_higher(encoder) -> None:
         encoder.encode("not a list")
 
 
-def test_best_segment_per_video(session: Session) -> None:
-    """Search's per-video speech part: max(cosine, full-text score) per segment, the best segment per video,
-    the earliest among equals; segments without an embedding count 0 by meaning."""
-    from indexer.search import SearchService
+def _unit(cos: float, dim: int = 384) -> bytes:
+    v = np.zeros(dim, dtype=np.float32)
+    v[0], v[1] = cos, np.sqrt(1 - cos * cos)
+    return v.astype(np.float16).tobytes()
 
-    dim = 384
-    query = np.zeros(dim, dtype=np.float32)
+
+def _passages(video: Video, cosines: dict[tuple[int, int], float]) -> None:
+    for (first, last), cos in cosines.items():
+        video.passages.append(Passage(first_idx=first, last_idx=last, start_s=10.0 * first, end_s=10.0 * (last + 1),
+                                      embedding=_unit(cos)))
+
+
+class _Stub:
+    """The few parts of Services that scoring reads."""
+
+    def __init__(self, ranking):
+        from indexer.search import SearchService
+
+        self.service = SearchService.__new__(SearchService)
+        self.service.ranking = ranking
+        self.service._idf_cache = {}
+
+
+def test_best_passage_per_video(session: Session) -> None:
+    """Search's per-video speech part: the best passage scores the video; the moment is the best local passage
+    (never the whole transcript), the earliest and shortest among equals; single segments only when passages
+    are off."""
+    from indexer.search import Ranking
+
+    query = np.zeros(384, dtype=np.float32)
     query[0] = 1.0
-
-    def emb(cos: float) -> bytes:
-        v = np.zeros(dim, dtype=np.float32)
-        v[0], v[1] = cos, np.sqrt(1 - cos * cos)
-        return v.astype(np.float16).tobytes()
-
-    a, b, c = _video("a" * 64, ["x", "y", "z"]), _video("b" * 64, ["p", "q", "r"]), _video("c" * 64, [])
-    for seg, e in zip(a.segments, [emb(0.5), emb(0.875), None], strict=True):
-        seg.embedding = e
-    for seg, e in zip(b.segments, [emb(0.25), emb(0.25), emb(0.25)], strict=True):
-        seg.embedding = e
+    a = _video("a" * 64, ["w", "x", "y", "z"])
+    _passages(a, {(0, 0): 0.5, (1, 1): 0.6, (2, 2): 0.1, (3, 3): 0.1, (1, 2): 0.8, (0, 3): 0.9})
+    b = _video("b" * 64, ["p", "q", "r"])
+    _passages(b, {(0, 0): 0.25, (1, 1): 0.25, (0, 1): 0.25})
+    c = _video("c" * 64, [])
     session.add_all([a, b, c])
     session.commit()
-    best = SearchService._best_segments(session, [a.id, b.id, c.id], query, {})
-    assert set(best) == {a.id, b.id}
-    assert best[a.id][1] == a.segments[1].id and best[a.id][0] == pytest.approx(0.875, abs=1e-3)
-    assert best[b.id][1] == b.segments[0].id  # three equal scores: the earliest segment is the moment
-    # A full-text match above the meaning score wins, and moves the moment; one below changes nothing.
-    best = SearchService._best_segments(session, [a.id, b.id], query,
-                                        {b.segments[2].id: 0.9, a.segments[2].id: 0.1})
-    assert best[b.id] == (pytest.approx(0.9), b.segments[2].id)
-    assert best[a.id][1] == a.segments[1].id
-    assert SearchService._best_segments(session, [c.id], query, {}) == {}
+    scores = _Stub(Ranking(lexical="none")).service._speech_scores(session, [a.id, b.id, c.id], "q", query, {})
+    assert set(scores) == {a.id, b.id}
+    pid = {(p.video_id, p.first_idx, p.last_idx): p.id for p in session.scalars(select(Passage))}
+    assert scores[a.id][0] == pytest.approx(0.9, abs=1e-3)  # the whole transcript scores the video...
+    assert scores[a.id][1] == pid[(a.id, 1, 2)]  # ...the best window is the moment
+    assert scores[b.id][1] == pid[(b.id, 0, 0)]  # equal scores: the earliest, then the shortest
+    only_segments = _Stub(Ranking(lexical="none", passages=False)).service
+    scores = only_segments._speech_scores(session, [a.id], "q", query, {})
+    assert scores[a.id] == (pytest.approx(0.6, abs=1e-3), pid[(a.id, 1, 1)])
+
+
+def test_lexical_coverage_adds_to_meaning_never_replaces_it(session: Session) -> None:
+    """A passage that shares a rare query word but not the meaning gains at most lexical_weight; "max-fulltext"
+    (the previous rule) let such a word replace the meaning score."""
+    from indexer.search import Ranking
+
+    query = np.zeros(384, dtype=np.float32)
+    query[0] = 1.0
+    meaning = _video("m" * 64, ["the woodcutters carved blocks"])
+    _passages(meaning, {(0, 0): 0.6})
+    word = _video("w" * 64, ["printing near Rome began"])
+    _passages(word, {(0, 0): 0.1})
+    filler = [_video(f"{i:064d}", [f"filler number {i} about nothing"]) for i in range(20)]
+    session.add_all([meaning, word, *filler])
+    session.commit()
+    q = "gothic script from ancient Rome"
+    stub = _Stub(Ranking(lexical="coverage", lexical_weight=0.1)).service
+    scores = stub._speech_scores(session, [meaning.id, word.id], q, query, {})
+    assert 0.1 < scores[word.id][0] <= 0.2 + 1e-3 and scores[meaning.id][0] == pytest.approx(0.6, abs=1e-3)
+    assert scores[meaning.id][0] > scores[word.id][0]
+    seg_id = word.segments[0].id
+    old = _Stub(Ranking(lexical="max-fulltext")).service._speech_scores(session, [meaning.id, word.id], q, query,
+                                                                         {seg_id: 0.77})
+    assert old[word.id][0] == pytest.approx(0.77) and old[word.id][0] > old[meaning.id][0]
+
+
+def test_document_frequencies(session: Session, corpus: dict[str, Video]) -> None:
+    df, total = document_frequencies(session, ["dog", "car", "xylophone"])
+    assert total == 8 and df == {"dog": 2, "car": 2, "xylophone": 0}
 
 
 def test_stop_words_neither_match_nor_highlight(session: Session, corpus: dict[str, Video]) -> None:
@@ -352,9 +411,9 @@ def test_stop_words_neither_match_nor_highlight(session: Session, corpus: dict[s
     drops the same list), so a common word never pulls in nearly every segment."""
     plain = [(h.segment_id, round(h.score, 6)) for h in search_segments(session, "red car")]
     assert [(h.segment_id, round(h.score, 6)) for h in search_segments(session, "the red car of the")] == plain
-    assert match_terms("What is THE dog eating") == ["dog", "eating"]
-    assert match_terms("to be or not to be") == ["to", "be", "or", "not"]  # only stop words: keep them
+    assert content_terms("What is THE dog eating") == ["dog", "eating"]
+    assert content_terms("to be or not to be") == ["to", "be", "or", "not"]  # only stop words: keep them
     if session.get_bind().dialect.name == "sqlite":
         assert search_segments(session, "the")  # SQLite still finds an all-stop-word query
-    assert highlight_terms("the dog", "The dog and the cat") == [(4, 7)]
-    assert highlight_terms("to be", "to be or not") == [(0, 2), (3, 5)]
+    assert word_spans("The dog and the cat", "the dog") == [(4, 7)]
+    assert word_spans("to be or not", "to be") == [(0, 2), (3, 5)]

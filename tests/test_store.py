@@ -581,7 +581,7 @@ def test_catalog_prepares_rebuilds_from_the_database(tmp_path) -> None:
     """The worker's prepare step: the catalog counts what belongs in each index, builds the replacement the next
     sync would otherwise build under the lock (here flat -> HNSW as configured), and sync only swaps it in."""
     from indexer.catalog import Catalog, to_blob
-    from indexer.db import Segment, Video, make_engine, session_factory
+    from indexer.db import Passage, Video, make_engine, session_factory
     from indexer.migrate import init_db
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
@@ -593,16 +593,17 @@ def test_catalog_prepares_rebuilds_from_the_database(tmp_path) -> None:
             video = Video(content_hash=f"{i:064x}", filename=f"{i}.mp4", source_path=f"/m/{i}.mp4", size_bytes=1,
                           duration_s=1.0, has_audio=True, model_mode="save-fused", status="indexed",
                           model_version="v1" if i <= 30 else "old", pooled=to_blob(unit(rng.standard_normal(8))))
-            video.segments = [Segment(idx=0, start_s=0.0, end_s=1.0, text="x",
-                                      embedding=to_blob(unit(rng.standard_normal(4))) if i % 2 else None)]
+            if i % 2:
+                video.passages = [Passage(first_idx=0, last_idx=0, start_s=0.0, end_s=1.0,
+                                          embedding=to_blob(unit(rng.standard_normal(4))))]
             s.add(video)
     catalog = Catalog(tmp_path / "index", sessions, "v1", 8, "minilm", 4, index_type="hnsw")
     catalog.load()
-    assert catalog.videos.index.kind == catalog.segments.index.kind == "flat"  # nothing published yet
+    assert catalog.videos.index.kind == catalog.passages.index.kind == "flat"  # nothing published yet
     assert catalog.prepare()
     assert catalog.videos.index.kind == "flat"  # the live index is untouched until sync
     reports = catalog.sync()
-    assert (reports["videos"].added, reports["segments"].added) == (0, 0)  # swapped in, nothing rebuilt
-    assert catalog.videos.index.kind == catalog.segments.index.kind == "hnsw"
-    assert len(catalog.videos.index) == 30 and len(catalog.segments.index) == 20  # the model's videos; embeddings
+    assert (reports["videos"].added, reports["passages"].added) == (0, 0)  # swapped in, nothing rebuilt
+    assert catalog.videos.index.kind == catalog.passages.index.kind == "hnsw"
+    assert len(catalog.videos.index) == 30 and len(catalog.passages.index) == 20  # the model's videos; passages
     assert not catalog.prepare()
