@@ -185,6 +185,9 @@ class ApiKey(Base):
     revoked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
+TEXT_REINDEX_NEEDED = "text_reindex_needed"  # Meta key: migration 0003 found transcripts made before passages
+
+
 class Meta(Base):
     """Key/value facts about the collection (e.g. the model version the index was built with)."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import or_, select
 
 from .catalog import to_blob
-from .db import Passage, Video
+from .db import TEXT_REINDEX_NEEDED, Meta, Passage, Video
 from .decode import decode, pcm_memmap
 from .errors import IngestError
 from .passages import embed_transcript
@@ -104,4 +104,8 @@ def reindex_text(services: Services, batch: int = 64) -> int:
                     p.video_id = video.id
                 s.add_all(passages)
                 changed += 1
+    with services.sessions.begin() as s:
+        flag = s.get(Meta, TEXT_REINDEX_NEEDED)
+        if flag is not None:
+            s.delete(flag)
     return changed

@@ -29,7 +29,7 @@ from models.preprocess import preprocess_frames, tokenize_speech
 
 from .asr import Transcriber, Transcript
 from .catalog import Catalog, to_blob
-from .db import JobItem, Video, make_engine, session_factory
+from .db import TEXT_REINDEX_NEEDED, JobItem, Meta, Video, make_engine, session_factory
 from .decode import DecodedVideo, decode, fbank_from_pcm, pcm_memmap, save_thumbnail
 from .encode import VisualEncoder
 from .errors import IngestError, TransientError
@@ -144,6 +144,10 @@ class Worker:
         if released:
             log.info("requeued %d item(s) this worker held when it stopped", released)
         shutil.rmtree(self.work_dir, ignore_errors=True)
+        with self.services.sessions() as s:
+            if s.get(Meta, TEXT_REINDEX_NEEDED) is not None:
+                log.warning("this collection was indexed before passages and normalised full text: transcripts are "
+                            "searched segment by segment until `save-search reindex --text` runs (no audio decoded)")
         stale = self.services.stale_videos()
         if stale:
             log.warning("%d video(s) were encoded with another model (or none) and are not visually searchable "

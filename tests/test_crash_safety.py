@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from indexer.db import JobItem, Segment, Video, make_engine, session_factory
+from indexer.db import JobItem, Passage, Video, make_engine, session_factory
 from indexer.store import FeatureRef, FeatureStore, load_snapshot
 from tests.media_fixtures import MEDIA, speech_video
 
@@ -81,14 +81,14 @@ def test_kill_9_during_bulk_ingest_loses_nothing_and_duplicates_nothing(tmp_path
     with sessions() as s:
         items = list(s.scalars(select(JobItem)))
         videos = list(s.scalars(select(Video)))
-        segment_ids = set(s.scalars(select(Segment.id)))
+        passage_ids = set(s.scalars(select(Passage.id)))
     assert [i.status for i in items] == ["done"] * len(CLIPS), [(i.status, i.error) for i in items]
     assert len(videos) == len(CLIPS) and len({v.content_hash for v in videos}) == len(CLIPS)
     assert {i.video_id for i in items} == {v.id for v in videos}
     video_index, manifest = load_snapshot(home / "index" / "videos")
     assert sorted(video_index.ids().tolist()) == sorted(v.id for v in videos)
-    segment_index, _ = load_snapshot(home / "index" / "segments")
-    assert set(segment_index.ids().tolist()) == segment_ids
+    passage_index, _ = load_snapshot(home / "index" / "passages")
+    assert set(passage_index.ids().tolist()) == passage_ids
     store = FeatureStore(home / "features", 12, 32, owner="check")
     frames, masks = store.read_many([FeatureRef(v.feature_shard, v.feature_offset) for v in videos])
     assert frames.shape == (len(CLIPS), 12, 32) and masks.sum() > 0

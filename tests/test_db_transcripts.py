@@ -132,6 +132,43 @@ def test_migrations_twice_are_a_noop(db_url: str, engine: Engine) -> None:
         assert [h.text for h in search_segments(s, "hello")] == ["hello world"]
 
 
+def test_migration_0003_keeps_an_old_collection_searchable(fresh_db_url: str) -> None:
+    """A collection made before passages: segment embeddings become one-segment passages, full text moves to the
+    normalised text, and the collection is flagged for `reindex --text`; downgrading restores the old shape."""
+    import alembic.command as command
+
+    from indexer.db import TEXT_REINDEX_NEEDED, Meta
+    from indexer.migrate import alembic_config, locked_connection
+
+    def migrate(target: str, down: bool = False) -> None:
+        cfg = alembic_config(fresh_db_url)
+        with locked_connection(fresh_db_url) as conn:
+            cfg.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(cfg, target)
+
+    migrate("0002")
+    eng = make_engine(fresh_db_url)
+    try:
+        with eng.begin() as conn:
+            conn.execute(text("INSERT INTO videos (id, content_hash, filename, source_path, size_bytes, duration_s, "
+                              "has_audio, transcript, model_mode, status, created_at) VALUES (1, 'h', 'a.mp4', '/a', "
+                              "1, 2.0, true, 'It took 10-15 minutes.', 'speech', 'indexed', '2026-01-01')"))
+            conn.execute(text("INSERT INTO segments (id, video_id, idx, start_s, end_s, text, embedding) VALUES "
+                              "(5, 1, 0, 0.0, 2.0, 'It took 10-15 minutes. The colour!', :e)"), {"e": _unit(0.5)})
+        migrate("head")
+        with session_factory(eng)() as s:
+            passage = s.scalars(select(Passage)).one()
+            assert (passage.video_id, passage.first_idx, passage.last_idx, passage.embedding) == (1, 0, 0, _unit(0.5))
+            assert s.get(Segment, 5).norm_text == "it took 10 15 minutes the color"
+            assert [h.segment_id for h in search_segments(s, "fifteen minutes in colour")] == [5]
+            assert s.get(Meta, TEXT_REINDEX_NEEDED) is not None
+        migrate("0002", down=True)
+        with eng.connect() as conn:
+            assert conn.execute(text("SELECT embedding FROM segments WHERE id = 5")).scalar() == _unit(0.5)
+    finally:
+        eng.dispose()
+
+
 @pytest.mark.slow
 def test_concurrent_init_db_from_several_processes(fresh_db_url: str) -> None:
     """Services start together: every process migrates, exactly one does the work, none fails."""

@@ -231,6 +231,6 @@ def test_model_change_requires_and_offers_reindex(tmp_path, corpus, tiny_weights
     assert reencode_stale(full) == (2, 0)
     assert full.stale_videos() == 0
     counts = rebuild_indexes(full)
-    assert counts["videos"] == 2 and counts["segments"] >= 1
+    assert counts["videos"] == 2 and counts["passages"] >= 1
     results = SearchService(full).search("a girl", k=2).results
     assert len(results) == 2 and all(r.visual_score is not None for r in results)

@@ -84,6 +84,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_passages")),
     )
     op.create_index(op.f("ix_passages_video_id"), "passages", ["video_id"], unique=False)
+    op.execute("INSERT INTO meta (key, value) SELECT 'text_reindex_needed', 'migration 0003' "
+               "WHERE EXISTS (SELECT 1 FROM segments)")  # the worker says: run `save-search reindex --text`
     op.execute("INSERT INTO passages (video_id, first_idx, last_idx, start_s, end_s, embedding) "
                "SELECT video_id, idx, idx, start_s, end_s, embedding FROM segments "
                "WHERE embedding IS NOT NULL ORDER BY video_id, idx")
@@ -126,6 +128,7 @@ def downgrade() -> None:
     else:
         _swap_fulltext(dialect, "text")
         op.drop_column("segments", "norm_text")
+    op.execute("DELETE FROM meta WHERE key = 'text_reindex_needed'")
     op.drop_index(op.f("ix_passages_video_id"), table_name="passages")
     op.drop_table("passages")
     with op.batch_alter_table("videos") as batch:
