@@ -15,6 +15,9 @@ Two things on top of a plain ``WhisperModel.transcribe``:
   chunk (cut at the quietest 0.5 s near each boundary, so words are not split); only the current
   chunk is held as float32. Raw 16 kHz s16le PCM files are memory-mapped, media files are decoded as
   a stream, so a 4-hour recording never sits in memory whole.
+- **Moments at clause level.** Whisper cuts speech into segments of up to ~10 s, often two lines or
+  clauses at once; with word timestamps each segment is split at clause punctuation into pieces of at
+  least ``MIN_CLAUSE_S`` (:func:`clause_pieces`), so search can return and play the clause that was meant.
 - **Bounded decoding of non-speech.** On music or noise that the VAD keeps, Whisper can repeat a token
   ("Hmmm Hmmm ...") up to its 448-token limit, at every fallback temperature: 15 s of decoding for a 5 s
   clip here. When a chunk holds less than ~27 s of speech, the tokens per window are capped at what that much
@@ -54,6 +57,8 @@ _IMPROBABLE = 0.01
 WHISPER_MAX_NEW_TOKENS = 448 - 4  # Whisper's decoder length minus the start-of-transcript prompt
 TOKENS_PER_SPEECH_SECOND = 15  # generous: English runs ~4-6 tokens/s with timestamps, CJK scripts up to ~15
 TOKEN_CAP_MARGIN = 32
+MIN_CLAUSE_S = 1.5  # a clause piece of a segment lasts at least this long (shorter ones join their neighbour)
+_CLAUSE_END = (",", ".", ";", ":", "!", "?", "\u3002", "\uff0c")
 
 
 def resolve_compute_type(compute_type: str, device: str) -> str:
@@ -80,6 +85,33 @@ class Segment:
     start: float
     end: float
     text: str
+
+
+def clause_pieces(start: float, end: float, text: str, words: Sequence[Any] | None,
+                  min_seconds: float = MIN_CLAUSE_S) -> list[tuple[float, float, str]]:
+    """A Whisper segment as (start, end, text) pieces cut after clause punctuation, using its word timings
+    (faster-whisper ``Word``: ``start``, ``end``, ``word`` with its leading space). A piece is cut only when it
+    and the rest of the segment both last at least ``min_seconds``; without word timings the segment stays
+    whole. The pieces' texts joined give the segment's text back."""
+    if not words:
+        return [(start, end, text.strip())]
+    pieces: list[tuple[float, float, str]] = []
+    current: list[Any] = []
+    for i, w in enumerate(words):
+        current.append(w)
+        last = i == len(words) - 1
+        if last or (w.word.strip().endswith(_CLAUSE_END) and w.end - current[0].start >= min_seconds
+                    and words[-1].end - words[i + 1].start >= min_seconds):
+            piece = "".join(x.word for x in current).strip()
+            if piece:
+                pieces.append((float(current[0].start), float(current[-1].end), piece))
+            current = []
+    if not pieces:
+        return [(start, end, text.strip())]
+    # The segment's own bounds stay: the first piece starts where it starts, the last ends where it ends.
+    pieces[0] = (min(start, pieces[0][0]), *pieces[0][1:])
+    pieces[-1] = (pieces[-1][0], max(end, pieces[-1][1]), pieces[-1][2])
+    return pieces
 
 
 @dataclass
@@ -152,13 +184,14 @@ class Transcriber:
     def __init__(self, model: str = WHISPER_BASE_NAME, device: str = "auto", compute_type: str = "default",
                  cpu_threads: int = 0, vad: bool = True, expected_languages: Sequence[str] = (),
                  min_language_probability: float = 0.5, beam_size: int = 5, chunk_seconds: float = 600.0,
-                 language: str | None = None) -> None:
+                 language: str | None = None, split_clauses: bool = True) -> None:
         from faster_whisper import WhisperModel
 
         if chunk_seconds < 2.0:
             raise ValueError(f"chunk_seconds must be at least 2 s, got {chunk_seconds}")
         self.model_name = model
         self.vad, self.beam_size = vad, beam_size
+        self.split_clauses = split_clauses
         self.chunk_seconds = float(chunk_seconds)
         self.min_language_probability = float(min_language_probability)
         self.compute_type = resolve_compute_type(compute_type, device)
@@ -182,7 +215,8 @@ class Transcriber:
         kwargs: dict[str, Any] = dict(
             model=settings.whisper_model, device=settings.device, compute_type=settings.whisper_compute_type,
             beam_size=settings.whisper_beam_size, expected_languages=tuple(settings.expected_languages),
-            min_language_probability=settings.language_min_probability, chunk_seconds=settings.asr_chunk_seconds)
+            min_language_probability=settings.language_min_probability, chunk_seconds=settings.asr_chunk_seconds,
+            split_clauses=settings.asr_split_clauses)
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -232,8 +266,10 @@ class Transcriber:
             raw, decision = self._transcribe_chunk(audio, decision)
             # Whisper's timestamps can run past the end of the audio it was given: clamp to the chunk.
             t0, length = offset / SAMPLE_RATE, len(pcm) / SAMPLE_RATE
-            segments += [Segment(round(t0 + min(s.start, length), 2), round(t0 + min(s.end, length), 2),
-                                 s.text.strip()) for s in raw]
+            segments += [Segment(round(t0 + min(float(a), length), 2), round(t0 + min(float(b), length), 2), text)
+                         for s in raw
+                         for a, b, text in clause_pieces(s.start, s.end, s.text, getattr(s, "words", None)
+                                                         if self.split_clauses else None)]
             offset += len(pcm)
             n_chunks += 1
         text = " ".join(s.text for s in segments if s.text).strip()
@@ -253,7 +289,8 @@ class Transcriber:
         faster-whisper detects the language before it decodes anything (the segments are a lazy
         generator), so overruling the detection costs a second VAD and feature pass, not a second decode.
         """
-        common = dict(vad_filter=self.vad, beam_size=self.beam_size, condition_on_previous_text=False)
+        common = dict(vad_filter=self.vad, beam_size=self.beam_size, condition_on_previous_text=False,
+                      word_timestamps=self.split_clauses)
         language = decision.language if decision is not None else None
         segments, info = self.model.transcribe(audio, language=language, **common)
         speech_s = info.duration_after_vad if self.vad else info.duration

@@ -92,7 +92,7 @@ class Ranking:
     passages: bool = True
     lexical: str = "coverage"
     lexical_weight: float = 0.1
-    normalize_sentence_input: bool = True
+    normalize_sentence_input: bool = False
     speech_calibration: tuple[float, float] = (12.0, -6.0)
     visual_calibration: tuple[float, float] = (50.0, -12.5)
 

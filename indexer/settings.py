@@ -37,6 +37,7 @@ class Settings:
     expected_languages: list[str] = field(default_factory=list)  # e.g. ["en"]; empty = any
     language_min_probability: float = 0.5
     asr_chunk_seconds: float = 600.0  # long audio is transcribed in chunks of this length
+    asr_split_clauses: bool = True  # word timestamps cut segments at clause punctuation (finer moments)
     # limits
     max_duration_s: float = 4 * 3600.0
     max_size_bytes: int = 20 * 1024**3
@@ -47,7 +48,7 @@ class Settings:
     # search service
     # ranking (indexer/search.py; each measured in BENCHMARKS.md, "Retrieval quality on real speech")
     lexical_weight: float = 0.1  # bonus for the IDF-weighted share of the query's words a passage says
-    normalize_sentence_input: bool = True  # the sentence encoder reads normalised text (indexer.text)
+    normalize_sentence_input: bool = False  # MiniLM reads normalised text: measured worse (BENCHMARKS.md)
     # logit = a * raw + b: maps a channel's raw score to the probability that the video is the one asked for
     speech_calibration: list[float] = field(default_factory=lambda: [12.0, -6.0])
     visual_calibration: list[float] = field(default_factory=lambda: [50.0, -12.5])

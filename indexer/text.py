@@ -5,9 +5,9 @@ minutes", "color" (and the other way round). Both sides go through Whisper's own
 (the maintained copy in ``transformers``, with OpenAI's British -> American spelling table shipped in the
 ``whisper-normalizer`` package): spelled numbers become digits, letters and digits are split ("k 7"),
 contractions are expanded, British spellings become American, fillers ("um", "hmm") and bracketed noise tags
-are dropped, everything is lower case without punctuation or diacritics. Full text, highlighting and the
-sentence encoder's input all use ``normalize``; ``terms``/``stem`` are the word-level view of it that lexical
-matching and highlighting share.
+are dropped, everything is lower case without punctuation or diacritics. Full text, lexical scoring and
+highlighting use ``normalize``; ``terms``/``stem`` are their word-level view. The sentence encoder reads the
+text as written (normalised input measured worse: BENCHMARKS.md), unless ``normalize_sentence_input`` is set.
 """
 
 from __future__ import annotations
