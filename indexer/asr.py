@@ -12,8 +12,9 @@ Two things on top of a plain ``WhisperModel.transcribe``:
   ``min_language_probability``) is used as it is, at no extra cost. An uncertain one is checked: the
   first window (~30 s of speech) is decoded in each candidate language (the top ones, up to
   ``_MAX_CANDIDATES`` with probability >= ``_CANDIDATE_FLOOR``) and the decode Whisper itself scores
-  better (token-weighted mean log-probability; repetition loops and no-speech decodes disqualified) is
-  kept and decoding simply continues with it, so only the losers' first windows are extra work
+  better (token-weighted mean log-probability; repetition loops and no-speech decodes disqualified;
+  scores within ``SWITCH_MARGIN`` are a tie, which goes to English if it is a candidate, else to the
+  detection) is kept and decoding simply continues with it, so only the losers' first windows are extra work
   (:func:`decide_language`, :func:`choose_decode`). When ``expected_languages`` is set it decides
   instead: a detected language that is not listed is replaced by the most probable listed one. How the
   language was decided is kept in the :class:`Transcript` (``language_method``, ``language_decision``).
@@ -65,9 +66,10 @@ DEFAULT_MIN_LANGUAGE_PROBABILITY = 0.9
 # gave English only 0.08), at most this many (each extra one costs a trial decode of ~30 s of speech).
 _CANDIDATE_FLOOR = 0.05
 _MAX_CANDIDATES = 3
-# Another candidate replaces the detected language only when its decode scores better by more than this
-# (mean log-probability per token; measured, docs/asr-language.md).
+# Candidate decodes closer than this (mean log-probability per token) are a tie (measured, docs/asr-language.md).
 SWITCH_MARGIN = 0.5
+# Ties within that margin go to this language when it is a candidate (see choose_decode).
+PREFERRED_LANGUAGE = "en"
 # A trial decode reads the first window's segments, up to this much audio from the first one.
 _TRIAL_SECONDS = 20.0
 # Whisper's own thresholds: a compression ratio above 2.4 is a repetition loop; no-speech above 0.6.
@@ -230,27 +232,29 @@ def score_decode(language: str, segments: Sequence[Any]) -> DecodeScore:
     return DecodeScore(language, mean, total, looped, no_speech)
 
 
-def choose_decode(decision: LanguageDecision, scores: Sequence[DecodeScore],
-                  margin: float = SWITCH_MARGIN) -> LanguageDecision:
-    """Close an open decision: keep the detected language unless another candidate's trial decode scores
-    better by more than ``margin`` (mean log-probability per token).
+def choose_decode(decision: LanguageDecision, scores: Sequence[DecodeScore], margin: float = SWITCH_MARGIN,
+                  prefer: str | None = PREFERRED_LANGUAGE) -> LanguageDecision:
+    """Close an open decision from the candidates' trial decodes (mean log-probability per token).
 
-    The margin matters: on a clipped word or two every language "fits" (English -0.72 vs Chinese -0.67 for
-    the single word "five"), while a wrong-language decode of real speech is far worse (Welsh -1.96 vs
-    English -0.50). Only usable decodes compete (:attr:`DecodeScore.usable`); when the detected language's
-    decode is not usable the best usable one wins outright, and when none is, the detection stands.
-    ``scores`` come in candidate order, most probable first, so ties go to the more probable language.
+    Decodes within ``margin`` of each other are a tie: on a clipped word or two every language "fits"
+    about as well (English -0.72 vs Chinese -0.67 for the single word "five"; English -0.84 vs Turkish
+    -0.90 for "it is of the f"), while a wrong-language decode of real speech is far worse (Welsh -1.96
+    vs English -0.50). A tie goes to ``prefer`` (English: the service's text side, MiniLM and the
+    full-text stop words, is English, and a wrong-language transcript is unsearchable) when it is a
+    candidate, otherwise to the detected language; outside a tie the best decode wins. Only usable
+    decodes compete (:attr:`DecodeScore.usable`); when none is, the detection stands.
     """
     probs = dict(decision.candidates)
-    by_lang = {sc.language: sc for sc in scores}
-    usable = [sc for sc in scores if sc.usable]
+    usable = {sc.language: sc for sc in scores if sc.usable}
     compared = " vs ".join(sc.describe() for sc in scores)
     lang = decision.detected
     if usable:
-        best = max(usable, key=lambda sc: sc.mean_logprob)  # max keeps the first of equals
-        own = by_lang.get(decision.detected or "")
-        if own is None or not own.usable or best.mean_logprob > own.mean_logprob + margin:
-            lang = best.language
+        best = max(usable.values(), key=lambda sc: sc.mean_logprob)  # max keeps the first of equals
+        lang = best.language
+        for tie in (prefer, decision.detected):
+            if tie in usable and usable[tie].mean_logprob >= best.mean_logprob - margin:
+                lang = tie
+                break
         note = f"kept {lang}"
     else:
         note = f"no usable decode: kept {lang}"

@@ -101,6 +101,21 @@ def test_a_slightly_better_decode_does_not() -> None:
     assert choose_decode(d, close, margin=0.0).language == "zh"  # the margin is what keeps it
 
 
+def test_a_tie_goes_to_english_and_a_clear_loss_does_not() -> None:
+    """The 0.5 s excerpt of LJ001-0011 ("it is of the f"): tr 0.79, and the decodes tie (measured -0.90 vs
+    -0.84). Real speech in another language decodes far worse in English, so it stays as detected."""
+    d = _open([("tr", 0.79), ("en", 0.08)])
+    tie = [DecodeScore("tr", -0.90, 6, 0, 0.1), DecodeScore("en", -0.84 - 0.3, 7, 0, 0.1)]  # en even a bit worse
+    assert choose_decode(d, tie).language == "en"
+    assert choose_decode(d, tie, prefer=None).language == "tr"  # without the preference: the detection
+    welsh = _open([("cy", 0.6), ("en", 0.3)])
+    real_welsh = [DecodeScore("cy", -0.45, 40, 0, 0.1), DecodeScore("en", -0.45 - SWITCH_MARGIN - 0.2, 50, 0, 0.1)]
+    assert choose_decode(welsh, real_welsh).language == "cy"
+    no_english = _open([("de", 0.5), ("nl", 0.3)])  # English not a candidate: a tie keeps the detection
+    assert choose_decode(no_english, [DecodeScore("de", -0.6, 9, 0, 0.1), DecodeScore("nl", -0.5, 9, 0, 0.1)]
+                         ).language == "de"
+
+
 def test_unusable_decodes_do_not_win() -> None:
     d = _open([("cy", 0.5), ("en", 0.4), ("ga", 0.1)])
     looping = DecodeScore("en", -0.05, 100, 0.9, 0.1)  # a repetition loop scores a flattering log-prob
