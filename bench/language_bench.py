@@ -233,17 +233,17 @@ def margin_sweep(results: list[Measured], threshold: float) -> list[list[object]
     return rows
 
 
-def save(results: list[Measured], e2e: list[list[object]], path: Path) -> None:
+def save(results: list[Measured], e2e: list[list[object]], load_avg: float, path: Path) -> None:
     from dataclasses import asdict
 
     rows = [dict(set=r.clip.set, name=r.clip.name, language=r.clip.language, top=r.top, p=r.p, probs=r.probs[:5],
                  detect_s=r.detect_s, top_full_s=r.top_full_s, trial_s=r.trial_s,
                  scores={k: asdict(v) for k, v in r.scores.items()}, texts=r.texts)  # type: ignore[call-overload]
             for r in results]
-    path.write_text(json.dumps({"clips": rows, "end_to_end": e2e}, ensure_ascii=False, indent=1))
+    path.write_text(json.dumps({"clips": rows, "end_to_end": e2e, "load": load_avg}, ensure_ascii=False, indent=1))
 
 
-def replay(path: Path) -> tuple[list[Measured], list[list[object]]]:
+def replay(path: Path) -> tuple[list[Measured], list[list[object]], float]:
     from indexer.asr import DecodeScore
 
     out = []
@@ -253,7 +253,7 @@ def replay(path: Path) -> tuple[list[Measured], list[list[object]]]:
                      [tuple(x) for x in d["probs"]], d["detect_s"], d["top_full_s"], d["trial_s"],
                      {k: DecodeScore(**v) for k, v in d["scores"].items()}, d["texts"])
         out.append(m)
-    return out, saved["end_to_end"]
+    return out, saved["end_to_end"], float(saved.get("load", "nan"))
 
 
 def detail(results: list[Measured], threshold: float) -> list[list[object]]:
@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     threshold = args.threshold if args.threshold is not None else DEFAULT_MIN_LANGUAGE_PROBABILITY
     if args.replay:
-        (results, e2e), load_avg = replay(args.replay), float("nan")
+        results, e2e, load_avg = replay(args.replay)
     else:
         clips = build_sets(args.quick)
         print(f"{len(clips)} clips", flush=True)
@@ -318,8 +318,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   + " ".join(s.describe() for s in r.scores.values()), flush=True)  # type: ignore[attr-defined]
         e2e = end_to_end(threshold)
         if args.save:
-            save(results, e2e, args.save)
-    body = "\n".join([
+            save(results, e2e, load_avg, args.save)
+    body = "\n".join(([
+        "Rendered with `--replay` from the per-clip measurements that one `--save` run of this script wrote "
+        "(decisions recomputed with the current rule; timings are that run's).", ""] if args.replay else []) + [
         "Whisper base (bundled), CPU, 2 threads, VAD, beam 5, token cap, no expected languages. 'wrong' = the "
         "language kept is not the one spoken. 'pay' = top detection probability below the threshold and a second "
         "candidate >= 0.05, so the other candidates' first windows are decoded too. ASR s = detection pass + decodes "
