@@ -6,11 +6,18 @@ faster-whisper model name (``large-v3``) or local CTranslate2 folder works where
 Two things on top of a plain ``WhisperModel.transcribe``:
 
 - **Language robustness.** Small multilingual Whisper models sometimes label short, noisy or
-  accented English as another language and then write the transcript in that language (a
-  translation, or garbage), which poisons a speech index. The language is detected once per file,
-  on its first speech; when ``expected_languages`` is set and the detected language is not among
-  them, the audio is decoded with the most probable expected language forced instead. What was
-  detected and why a language was chosen are kept in the :class:`Transcript`.
+  accented English as another language (British broadcast English as Welsh ``cy``, a clipped word as
+  ``tr``) and then write the transcript in that language, which poisons a speech index. The language is
+  detected once per file, on its first speech. A confident detection (top probability at least
+  ``min_language_probability``) is used as it is, at no extra cost. An uncertain one is checked: the
+  first window (~30 s of speech) is decoded in each candidate language (the top ones, up to
+  ``_MAX_CANDIDATES`` with probability >= ``_CANDIDATE_FLOOR``) and the decode Whisper itself scores
+  better (token-weighted mean log-probability; repetition loops and no-speech decodes disqualified;
+  scores within ``SWITCH_MARGIN`` are a tie, which goes to English if it is a candidate, else to the
+  detection) is kept and decoding simply continues with it, so only the losers' first windows are extra work
+  (:func:`decide_language`, :func:`choose_decode`). When ``expected_languages`` is set it decides
+  instead: a detected language that is not listed is replaced by the most probable listed one. How the
+  language was decided is kept in the :class:`Transcript` (``language_method``, ``language_decision``).
 - **Long audio with bounded memory.** Audio longer than ``chunk_seconds`` is transcribed chunk by
   chunk (cut at the quietest 0.5 s near each boundary, so words are not split); only the current
   chunk is held as float32. Raw 16 kHz s16le PCM files are memory-mapped, media files are decoded as
@@ -40,7 +47,8 @@ from models.bundled import WHISPER_BASE_NAME, resolve_whisper_model
 if TYPE_CHECKING:
     from indexer.settings import Settings
 
-__all__ = ["SAMPLE_RATE", "LanguageDecision", "Segment", "Transcriber", "Transcript", "decide_language"]
+__all__ = ["LANGUAGE_METHODS", "SAMPLE_RATE", "DecodeScore", "LanguageDecision", "Segment", "Transcriber", "Transcript",
+           "choose_decode", "decide_language", "score_decode"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,22 @@ _MAX_SEARCH_S = 30.0
 _BLOCK_SAMPLES = 30 * SAMPLE_RATE
 # An expected language below this detection probability is named as improbable in the decision.
 _IMPROBABLE = 0.01
+# Below this top detection probability, the candidate languages are decoded and compared (measured,
+# docs/asr-language.md: Welsh detections of British English reached p=0.85).
+DEFAULT_MIN_LANGUAGE_PROBABILITY = 0.9
+# Candidates compared: the top languages with at least this probability (a misdetected 0.5 s excerpt
+# gave English only 0.08), at most this many (each extra one costs a trial decode of ~30 s of speech).
+_CANDIDATE_FLOOR = 0.05
+_MAX_CANDIDATES = 3
+# Candidate decodes closer than this (mean log-probability per token) are a tie (measured, docs/asr-language.md).
+SWITCH_MARGIN = 0.5
+# Ties within that margin go to this language when it is a candidate (see choose_decode).
+PREFERRED_LANGUAGE = "en"
+# A trial decode reads the first window's segments, up to this much audio from the first one.
+_TRIAL_SECONDS = 20.0
+# Whisper's own thresholds: a compression ratio above 2.4 is a repetition loop; no-speech above 0.6.
+_MAX_COMPRESSION_RATIO = 2.4
+_NO_SPEECH = 0.6
 WHISPER_MAX_NEW_TOKENS = 448 - 4  # Whisper's decoder length minus the start-of-transcript prompt
 TOKENS_PER_SPEECH_SECOND = 15  # generous: English runs ~4-6 tokens/s with timestamps, CJK scripts up to ~15
 TOKEN_CAP_MARGIN = 32
@@ -116,10 +140,12 @@ def clause_pieces(start: float, end: float, text: str, words: Sequence[Any] | No
 
 @dataclass
 class Transcript:
-    """A file's transcript. ``language`` is the language it was decoded in; ``detected_language`` is
-    what Whisper's language identification said (``None`` when detection was skipped: English-only
-    model, language given by the caller, or no speech); ``redecoded`` is true when the two differ
-    because ``expected_languages`` overruled the detection; ``language_decision`` says why."""
+    """A file's transcript. ``language`` is the language it was decoded in; ``language_probability`` is
+    what detection gave that language (1.0 when no detection ran); ``detected_language`` is what Whisper's
+    language identification said (``None`` when detection was skipped: English-only model, language given
+    by the caller, or no speech); ``redecoded`` is true when the two differ (expected languages overruled
+    the detection, or an uncertain detection lost the comparison); ``language_method`` says how the
+    language was chosen, one of :data:`LANGUAGE_METHODS`, and ``language_decision`` says it in words."""
 
     text: str
     language: str | None
@@ -130,25 +156,42 @@ class Transcript:
     redecoded: bool = False
     language_decision: str = ""
     chunks: int = 0
-    language_method: str = ""
+    language_method: str = "none"
+
+
+# given: the caller named the language; english-only: the model knows no other; detected: a confident
+# detection was used as it is; expected: the expected-languages whitelist decided; compared: an uncertain
+# detection was checked by decoding the candidate languages; none: no speech, no language.
+LANGUAGE_METHODS = ("given", "english-only", "detected", "expected", "compared", "none")
 
 
 @dataclass(frozen=True)
 class LanguageDecision:
-    """The language to decode a file in, decided once from its first speech."""
+    """The language to decode a file in, decided once from its first speech.
+
+    ``candidates`` (most probable first, with their detection probabilities) is non-empty while the
+    decision is still open: those languages must be decoded and compared (:func:`choose_decode`).
+    """
 
     language: str | None
     probability: float
     detected: str | None
     redecode: bool
     reason: str
+    method: str = "detected"
+    candidates: tuple[tuple[str, float], ...] = ()
 
 
 def decide_language(all_language_probs: Sequence[tuple[str, float]], expected_languages: Sequence[str],
-                    min_probability: float = 0.5) -> LanguageDecision:
+                    min_probability: float = DEFAULT_MIN_LANGUAGE_PROBABILITY) -> LanguageDecision:
     """Choose the decoding language from Whisper's language probabilities (most probable first).
 
-    With no expected languages the detection is kept (``min_probability`` only marks it as uncertain).
+    With no expected languages, a detection with probability >= ``min_probability`` is kept; below it the
+    decision stays open (``candidates``: the top languages with probability >= ``_CANDIDATE_FLOOR``, at
+    most ``_MAX_CANDIDATES``), because an uncertain detection is where Whisper labels accented or very
+    short English as Welsh, Turkish or Arabic, and a decode in each candidate says which is right. With a
+    single candidate there is nothing to compare and the detection is kept.
+
     Otherwise the expected languages are a whitelist: a detected language among them is kept; any other
     is replaced by the expected language that detection found most probable, whether the detection was
     confident or not, because a confident misdetection of short English is exactly the failure this
@@ -157,20 +200,99 @@ def decide_language(all_language_probs: Sequence[tuple[str, float]], expected_la
     """
     if not all_language_probs:
         raise ValueError("no language probabilities")
-    probs = dict(all_language_probs)
-    top, p = max(all_language_probs, key=lambda lp: lp[1])
+    ranked = sorted(all_language_probs, key=lambda lp: -lp[1])
+    probs = dict(ranked)
+    top, p = ranked[0]
     uncertain = p < min_probability
     detected = f"detected {top} ({p:.2f}{', uncertain' if uncertain else ''})"
     if not expected_languages:
-        return LanguageDecision(top, p, top, False, f"{detected}; no expected languages set")
+        if not uncertain:
+            return LanguageDecision(top, p, top, False, detected, "detected")
+        candidates = tuple((lang, float(q)) for lang, q in ranked[:_MAX_CANDIDATES] if q >= _CANDIDATE_FLOOR)
+        if len(candidates) < 2:
+            return LanguageDecision(top, p, top, False, f"{detected}; no other candidate language", "detected")
+        return LanguageDecision(top, p, top, False, detected, "compared", candidates)
     if top in expected_languages:
-        return LanguageDecision(top, p, top, False, f"{detected}, an expected language")
+        return LanguageDecision(top, p, top, False, f"{detected}, an expected language", "expected")
     best = max(expected_languages, key=lambda lang: probs.get(lang, 0.0))
     pb = probs.get(best, 0.0)
     reason = f"{detected}: not an expected language; forced {best} (p={pb:.2f})"
     if pb < _IMPROBABLE:
         reason += ", which detection found improbable: the audio may really be in another language"
-    return LanguageDecision(best, pb, top, True, reason)
+    return LanguageDecision(best, pb, top, True, reason, "expected")
+
+
+@dataclass(frozen=True)
+class DecodeScore:
+    """How Whisper rates its own decode of some speech in one language (the trial of :func:`choose_decode`).
+
+    ``mean_logprob``: token-weighted mean of the segments' ``avg_logprob`` (a wrong language reads as
+    near-random tokens: about -2 against -0.3 to -0.5 for the right one); ``looped``: share of tokens in
+    segments whose compression ratio exceeds Whisper's own 2.4 (a repetition loop scores a deceptively
+    good log-probability); ``no_speech``: token-weighted mean no-speech probability.
+    """
+
+    language: str
+    mean_logprob: float
+    tokens: int
+    looped: float
+    no_speech: float
+
+    @property
+    def usable(self) -> bool:
+        """Whether this decode is evidence at all: it wrote something that is not a loop or a silence."""
+        return self.tokens > 0 and self.looped < 0.5 and self.no_speech <= _NO_SPEECH
+
+    def describe(self) -> str:
+        if self.tokens == 0:
+            return f"{self.language} (nothing decoded)"
+        flags = " looped" if self.looped >= 0.5 else " no speech" if self.no_speech > _NO_SPEECH else ""
+        return f"{self.language} {self.mean_logprob:.2f}{flags}"
+
+
+def score_decode(language: str, segments: Sequence[Any]) -> DecodeScore:
+    """Score faster-whisper segments (``avg_logprob``, ``compression_ratio``, ``no_speech_prob``,
+    ``tokens``): every token counts the same, so a long segment outweighs a stray short one."""
+    weights = [max(len(getattr(s, "tokens", ()) or ()), 1) for s in segments]
+    total = sum(weights)
+    if not total:
+        return DecodeScore(language, float("-inf"), 0, 0.0, 0.0)
+    mean = sum(w * float(s.avg_logprob) for w, s in zip(weights, segments, strict=True)) / total
+    looped = sum(w for w, s in zip(weights, segments, strict=True)
+                 if float(s.compression_ratio) > _MAX_COMPRESSION_RATIO) / total
+    no_speech = sum(w * float(s.no_speech_prob) for w, s in zip(weights, segments, strict=True)) / total
+    return DecodeScore(language, mean, total, looped, no_speech)
+
+
+def choose_decode(decision: LanguageDecision, scores: Sequence[DecodeScore], margin: float = SWITCH_MARGIN,
+                  prefer: str | None = PREFERRED_LANGUAGE) -> LanguageDecision:
+    """Close an open decision from the candidates' trial decodes (mean log-probability per token).
+
+    Decodes within ``margin`` of each other are a tie: on a clipped word or two every language "fits"
+    about as well (English -0.72 vs Chinese -0.67 for the single word "five"; English -0.84 vs Turkish
+    -0.90 for "it is of the f"), while a wrong-language decode of real speech is far worse (Welsh -1.96
+    vs English -0.50). A tie goes to ``prefer`` (English: the service's text side, MiniLM and the
+    full-text stop words, is English, and a wrong-language transcript is unsearchable) when it is a
+    candidate, otherwise to the detected language; outside a tie the best decode wins. Only usable
+    decodes compete (:attr:`DecodeScore.usable`); when none is, the detection stands.
+    """
+    probs = dict(decision.candidates)
+    usable = {sc.language: sc for sc in scores if sc.usable}
+    compared = " vs ".join(sc.describe() for sc in scores)
+    lang = decision.detected
+    if usable:
+        best = max(usable.values(), key=lambda sc: sc.mean_logprob)  # max keeps the first of equals
+        lang = best.language
+        for tie in (prefer, decision.detected):
+            if tie in usable and usable[tie].mean_logprob >= best.mean_logprob - margin:
+                lang = tie
+                break
+        note = f"kept {lang}"
+    else:
+        note = f"no usable decode: kept {lang}"
+    reason = f"{decision.reason}; compared {compared} mean log-prob: {note}"
+    return LanguageDecision(lang, probs.get(lang or "", decision.probability), decision.detected,
+                            lang != decision.detected, reason, "compared")
 
 
 class Transcriber:
@@ -183,8 +305,8 @@ class Transcriber:
 
     def __init__(self, model: str = WHISPER_BASE_NAME, device: str = "auto", compute_type: str = "default",
                  cpu_threads: int = 0, vad: bool = True, expected_languages: Sequence[str] = (),
-                 min_language_probability: float = 0.5, beam_size: int = 5, chunk_seconds: float = 600.0,
-                 language: str | None = None, split_clauses: bool = True) -> None:
+                 min_language_probability: float = DEFAULT_MIN_LANGUAGE_PROBABILITY, beam_size: int = 5,
+                 chunk_seconds: float = 600.0, language: str | None = None, split_clauses: bool = True) -> None:
         from faster_whisper import WhisperModel
 
         if chunk_seconds < 2.0:
@@ -249,9 +371,9 @@ class Transcriber:
         """A decision known before hearing anything, or ``None`` when the first speech must decide."""
         if self.language:
             lang = self.language if self.multilingual else "en"
-            return LanguageDecision(lang, 1.0, None, False, f"language {lang} given by the caller")
+            return LanguageDecision(lang, 1.0, None, False, f"language {lang} given by the caller", "given")
         if not self.multilingual:
-            return LanguageDecision("en", 1.0, None, False, "English-only model: no detection")
+            return LanguageDecision("en", 1.0, None, False, "English-only model: no detection", "english-only")
         return None
 
     def _transcribe_blocks(self, blocks: Iterable[np.ndarray]) -> Transcript:
@@ -277,17 +399,19 @@ class Transcriber:
         if decision is None:
             return Transcript(text, None, 0.0, duration, segments, language_decision="no speech found",
                               chunks=n_chunks)
-        if decision.redecode:
+        if decision.redecode or decision.method == "compared":
             log.info("language: %s", decision.reason)
         return Transcript(text, decision.language, float(decision.probability), duration, segments,
-                          decision.detected, decision.redecode, decision.reason, n_chunks)
+                          decision.detected, decision.redecode, decision.reason, n_chunks, decision.method)
 
     def _transcribe_chunk(self, audio: np.ndarray,
                           decision: LanguageDecision | None) -> tuple[list[Any], LanguageDecision | None]:
         """Decode one chunk; the first chunk with speech makes the language decision for the file.
 
         faster-whisper detects the language before it decodes anything (the segments are a lazy
-        generator), so overruling the detection costs a second VAD and feature pass, not a second decode.
+        generator that decodes window by window), so overruling the detection costs a second VAD and
+        feature pass, not a second decode; an uncertain detection costs one trial window per other
+        candidate language (:meth:`_compare`).
         """
         common = dict(vad_filter=self.vad, beam_size=self.beam_size, condition_on_previous_text=False,
                       word_timestamps=self.split_clauses)
@@ -296,16 +420,54 @@ class Transcriber:
         speech_s = info.duration_after_vad if self.vad else info.duration
         if self.vad and speech_s <= 0:
             return [], decision  # no speech (yet: without a decision the next chunk decides)
+        cap = token_cap(speech_s)
         redecode = False
         if decision is None:
             probs = info.all_language_probs or [(info.language, float(info.language_probability))]
             decision = decide_language(probs, self.expected_languages, self.min_language_probability)
+            if decision.candidates:
+                first = segments if cap is None else None  # decodes in the detected language, uncapped
+                return self._compare(audio, decision, cap, common, first)
             redecode = decision.redecode
-        cap = token_cap(speech_s)
         if redecode or cap is not None:
             # Nothing is decoded yet (segments is lazy): decoding again costs one more VAD + feature pass.
             segments, _ = self.model.transcribe(audio, language=decision.language, max_new_tokens=cap, **common)
         return list(segments), decision
+
+    def _compare(self, audio: np.ndarray, decision: LanguageDecision, cap: int | None, common: dict[str, Any],
+                 first: Iterable[Any] | None) -> tuple[list[Any], LanguageDecision]:
+        """Decode a trial of the chunk in each candidate language and keep the best-scored decode.
+
+        Each candidate's lazy generator is read only as far as its first window (the segments up to
+        ``_TRIAL_SECONDS`` after the first one, which Whisper decoded together); the winner's generator
+        is then read to the end, so its trial is not wasted and a clip of under ~30 s of speech costs
+        exactly one extra decode per extra candidate. ``first``: the detection call's own generator
+        (already in the detected language) when it can be reused.
+        """
+        trials: list[tuple[list[Any], Iterator[Any]]] = []
+        for lang, _ in decision.candidates:
+            if lang == decision.detected and first is not None:
+                gen = iter(first)
+            else:
+                gen = iter(self.model.transcribe(audio, language=lang, max_new_tokens=cap, **common)[0])
+            trials.append((_trial(gen), gen))
+        scores = [score_decode(lang, trial) for (lang, _), (trial, _) in zip(decision.candidates, trials, strict=True)]
+        final = choose_decode(decision, scores)
+        log.info("language: %s", final.reason)
+        trial, gen = trials[[lang for lang, _ in decision.candidates].index(final.language)]
+        return trial + list(gen), final
+
+
+def _trial(segments: Iterator[Any]) -> list[Any]:
+    """The segments of a lazy decode's first window: read until one ends ``_TRIAL_SECONDS`` after the
+    first began (Whisper yields a window's segments together; stopping there decodes no further window),
+    or one comes from a later window (``seek`` moved on), or the decode ends."""
+    out: list[Any] = []
+    for seg in segments:
+        out.append(seg)
+        if seg.seek != out[0].seek or seg.end - out[0].start >= _TRIAL_SECONDS:
+            break
+    return out
 
 
 def _to_float32(pcm: np.ndarray) -> np.ndarray:

@@ -35,7 +35,9 @@ class Settings:
     whisper_compute_type: str = "default"  # the model's type; "auto": int8 on CPU, float16 on CUDA (faster)
     whisper_beam_size: int = 5
     expected_languages: list[str] = field(default_factory=list)  # e.g. ["en"]; empty = any
-    language_min_probability: float = 0.5
+    # below it a detection is uncertain and the candidate languages' decodes are compared (no expected
+    # languages set); = indexer.asr.DEFAULT_MIN_LANGUAGE_PROBABILITY, measured in docs/asr-language.md
+    language_min_probability: float = 0.9
     asr_chunk_seconds: float = 600.0  # long audio is transcribed in chunks of this length
     asr_split_clauses: bool = True  # word timestamps cut segments at clause punctuation (finer moments)
     # limits

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from indexer.asr import (
+    DEFAULT_MIN_LANGUAGE_PROBABILITY,
     SAMPLE_RATE,
     TOKENS_PER_SPEECH_SECOND,
     Transcriber,
@@ -216,6 +217,9 @@ def test_language_on_english_clips(plain_results: dict[str, Transcript],
     expected_languages=["en"] each one must end up transcribed as English, without needless re-decodes."""
     wrong = sorted(k for k, t in plain_results.items() if t.detected_language != "en")
     assert wrong == []
+    # the comparison of uncertain detections never talks a correct English detection out of English
+    assert sorted(k for k, t in plain_results.items() if t.language != "en") == []
+    assert {t.language_method for t in plain_results.values()} <= {"detected", "compared"}
     for rel, t in english_results.items():
         assert t.language == "en", (rel, t.language_decision)
         assert t.redecoded == (t.detected_language != "en"), (rel, t.language_decision)
@@ -225,30 +229,57 @@ def test_language_on_english_clips(plain_results: dict[str, Transcript],
 @needs_speech
 @pytest.mark.slow
 def test_language_hard_case_short_excerpts(transcriber: Transcriber, english_transcriber: Transcriber) -> None:
-    """The first 0.5 s of some English clips is labelled as another language and "transcribed" in it;
-    expected_languages=["en"] re-decodes them as English."""
+    """The first 0.5 s of some English clips is labelled as another language (uncertainly) and would be
+    "transcribed" in it. With default settings the candidate decodes are compared and English wins;
+    expected_languages=["en"] forces English without comparing."""
     misdetected = 0
     for rel in HARD_EXCERPTS:
         audio = _excerpt(rel, HARD_SECONDS)
         plain = transcriber.transcribe(audio)
         fixed = english_transcriber.transcribe(audio)
         misdetected += plain.detected_language != "en"
+        assert plain.language == "en", plain.language_decision  # default settings: English after comparing
+        assert plain.language_method == "compared" and "compared" in plain.language_decision
+        assert plain.redecoded == (plain.detected_language != "en")
+        assert plain.language_probability < DEFAULT_MIN_LANGUAGE_PROBABILITY
         assert fixed.detected_language == plain.detected_language  # same detection...
         assert fixed.language == "en", fixed.language_decision  # ...but English in the end
+        assert fixed.language_method == "expected" and "compared" not in fixed.language_decision
         assert fixed.redecoded == (plain.detected_language != "en")
-        assert not plain.redecoded and plain.language == plain.detected_language
         # int16 input takes the same path
         pcm = np.clip(np.round(audio * 32768), -32768, 32767).astype(np.int16)
         assert english_transcriber.transcribe(pcm).language == "en"
+        assert transcriber.transcribe(pcm).language == "en"
     assert misdetected >= 1, "these excerpts were misdetected when measured; has the model changed?"
 
 
 @needs_speech
 @pytest.mark.slow
-def test_multilingual_not_forced_without_expected_languages(transcriber: Transcriber) -> None:
+def test_confident_english_costs_no_extra_decode(transcriber: Transcriber, monkeypatch) -> None:
+    """jfk.flac is detected as English with p ~ 1: no candidate language is decoded, only English."""
+    calls: list[str | None] = []
+    real = transcriber.model.transcribe
+
+    def spy(audio, **kwargs):
+        calls.append(kwargs.get("language"))
+        return real(audio, **kwargs)
+
+    monkeypatch.setattr(transcriber.model, "transcribe", spy)
+    t = transcriber.transcribe(SPEECH / "jfk.flac")
+    assert t.language == "en" and t.language_method == "detected" and not t.redecoded
+    assert t.language_probability >= DEFAULT_MIN_LANGUAGE_PROBABILITY
+    # detection (language None, nothing decoded yet: the segments are lazy), then the capped English decode
+    assert calls == [None, "en"], calls
+
+
+@needs_speech
+@pytest.mark.slow
+def test_multilingual_keeps_english_without_expected_languages(transcriber: Transcriber) -> None:
+    """multilingual.mp3 starts in English (detected with p ~ 1) and goes on in German: the decision, made on
+    the first speech, is English, and the rule does not get involved."""
     t = transcriber.transcribe(SPEECH / "multilingual.mp3")
-    assert not t.redecoded and t.language == t.detected_language
-    assert "no expected languages" in t.language_decision
+    assert not t.redecoded and t.language == t.detected_language == "en"
+    assert t.language_method == "detected" and "compared" not in t.language_decision
     assert t.text
 
 
@@ -331,6 +362,7 @@ def test_from_settings(save_search_home: Path) -> None:
     t = Transcriber.from_settings(settings)
     assert t.expected_languages == ("en", "de") and t.beam_size == 2
     assert t.min_language_probability == 0.7 and t.chunk_seconds == 120.0 and t.multilingual
+    assert Settings().language_min_probability == DEFAULT_MIN_LANGUAGE_PROBABILITY  # one default, two places
     with pytest.raises(ValueError, match="unknown language"):
         Transcriber.from_settings(settings, expected_languages=["english"])
 
