@@ -187,6 +187,7 @@ def fake_transcriber(model: FakeWhisper, **kwargs: Any) -> Transcriber:
     t.min_language_probability = kwargs.get("min_language_probability", DEFAULT_MIN_LANGUAGE_PROBABILITY)
     t.expected_languages = tuple(kwargs.get("expected_languages", ()))
     t.language, t.multilingual, t.model = None, True, model
+    t.split_clauses = False
     return t
 
 
