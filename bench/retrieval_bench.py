@@ -143,7 +143,7 @@ def baseline(services, queries) -> list:
     return out
 
 
-DEFAULT = "passages + coverage 0.1 (default)"
+DEFAULT = "passages + coverage 0.1, moment = best segment (default)"
 
 
 def variants():
@@ -153,10 +153,13 @@ def variants():
          dict(passages=False, lexical="max-fulltext")),
         ("dense only: segments", False, dict(passages=False, lexical="none")),
         ("+ passages (windows, whole transcript)", False, dict(passages=True, lexical="none")),
+        ("+ passages, moment = best window", False, dict(passages=True, lexical="none", moment="passage")),
         ("+ lexical coverage 0.1 (segments only)", False, dict(passages=False, lexical="coverage",
                                                                lexical_weight=0.1)),
         ("passages + coverage 0.05", False, dict(passages=True, lexical="coverage", lexical_weight=0.05)),
         (DEFAULT, False, dict(passages=True, lexical="coverage", lexical_weight=0.1)),
+        ("passages + coverage 0.1, moment = best window", False, dict(passages=True, lexical="coverage",
+                                                                      lexical_weight=0.1, moment="passage")),
         ("passages + coverage 0.2", False, dict(passages=True, lexical="coverage", lexical_weight=0.2)),
         ("passages + coverage 0.3", False, dict(passages=True, lexical="coverage", lexical_weight=0.3)),
         ("passages + coverage 0.5", False, dict(passages=True, lexical="coverage", lexical_weight=0.5)),
@@ -208,6 +211,10 @@ def run(args: argparse.Namespace, command: str) -> str:
         reports[name] = report
         rows.append(_row(name, report))
         print(rows[-1], flush=True)
+    if current_norm != services.settings.__class__().normalize_sentence_input:  # leave the collection as ingested
+        services.settings.normalize_sentence_input = not current_norm
+        reindex_text(services)
+        rebuild_indexes(services)
     default = reports[DEFAULT]
     # Moments with whole Whisper segments (no clause pieces): the sonnet again, in a collection of its own.
     moment_queries = [q for q in queries if q.kind == "moment"]

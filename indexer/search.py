@@ -81,6 +81,8 @@ class Ranking:
     values exist so the retrieval benchmark can measure each change against what it replaced.
 
     - ``passages``: score windows and the whole transcript, not only single segments.
+    - ``moment``: the moment is the best single ``segment`` (a clause piece, ``indexer.asr.clause_pieces``), or
+      the best local ``passage`` (windows included): windows win on context and start too early (measured).
     - ``lexical``: ``coverage`` (cosine + lexical_weight * IDF-weighted share of query words said),
       ``max-fulltext`` (the previous rule: per segment max(cosine, bm25 / (1 + bm25))) or ``none`` (dense only).
     - ``speech_calibration``, ``visual_calibration``: (a, b) of ``p = sigmoid(a * raw + b)``. The visual default
@@ -90,10 +92,11 @@ class Ranking:
     """
 
     passages: bool = True
+    moment: str = "segment"
     lexical: str = "coverage"
     lexical_weight: float = 0.1
     normalize_sentence_input: bool = False
-    speech_calibration: tuple[float, float] = (12.0, -6.0)
+    speech_calibration: tuple[float, float] = (13.9, -9.5)
     visual_calibration: tuple[float, float] = (50.0, -12.5)
 
     @classmethod
@@ -367,7 +370,7 @@ class SearchService:
                 seg_id = seg_ids.get((int(vids[i]), int(first[i])))
                 if seg_id in text_scores:
                     scores[i] = max(scores[i], text_scores[seg_id])
-        local = (last - first) < MAX_WINDOW
+        local = first == last if ranking.moment == "segment" else (last - first) < MAX_WINDOW
         # Per video: the best passage scores the video; the best local passage is the moment (earliest, then
         # shortest, among equals).
         starts = np.array(start_col, dtype=np.float64)

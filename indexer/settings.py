@@ -52,7 +52,7 @@ class Settings:
     lexical_weight: float = 0.1  # bonus for the IDF-weighted share of the query's words a passage says
     normalize_sentence_input: bool = False  # MiniLM reads normalised text: measured worse (BENCHMARKS.md)
     # logit = a * raw + b: maps a channel's raw score to the probability that the video is the one asked for
-    speech_calibration: list[float] = field(default_factory=lambda: [12.0, -6.0])
+    speech_calibration: list[float] = field(default_factory=lambda: [13.9, -9.5])
     visual_calibration: list[float] = field(default_factory=lambda: [50.0, -12.5])
     api_keys: list[str] = field(default_factory=list)  # plain keys from the environment (or hashed in the DB)
     read_requires_key: bool = False  # once keys exist, writes always need one; reads only if this is set
