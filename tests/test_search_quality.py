@@ -67,7 +67,7 @@ ADVERSARIAL = [
     ("what a relief, looks do not matter, actions do", "Megamind.avi", "LJ001-0003.mp4"),
     ("a book should not be judged by its cover", "Megamind.avi", "LJ001-0007.mp4"),
     ("his monastery-trained heir keeps the family memory alive", "sonnet.mp4", "LJ001-0031.mp4"),
-    ("printers copied church handwriting in the fifteenth century", "LJ001-0022.mp4", "LJ001-0023.mp4"),
+    ("do not expect the world to serve you, serve the nation instead", "jfk.mp4", "sonnet.mp4"),
 ]
 
 
