@@ -218,7 +218,7 @@ def run(args: argparse.Namespace, command: str) -> str:
     default = reports[DEFAULT]
     # Moments with whole Whisper segments (no clause pieces): the sonnet again, in a collection of its own.
     moment_queries = [q for q in queries if q.kind == "moment"]
-    whole, whole_stats = ingest(work / "home-whole-segments", [c for c in clips if c.name == "sonnet.mp4"],
+    whole, _ = ingest(work / "home-whole-segments", [c for c in clips if c.name == "sonnet.mp4"],
                                 asr_split_clauses=False)
     whole_report = evaluation.evaluate(SearchService(whole), moment_queries)
     clause_report = evaluation.evaluate(SearchService(services), moment_queries)
@@ -226,8 +226,10 @@ def run(args: argparse.Namespace, command: str) -> str:
     fit = evaluation.fit_calibration(pairs)
     body = [
         f"{len(clips)} clips ({sum(1 for c in clips if c.name.startswith('british-'))} synthetic), "
-        f"{len(queries)} queries (`{QUERIES.relative_to(ROOT)}`), speech mode, ingest "
-        f"{stats.get('asr', 0):.0f} s of ASR. Moments: right when the returned moment starts within "
+        f"{len(queries)} queries (`{QUERIES.relative_to(ROOT)}`), speech mode, "
+        + (f"ingest {stats['asr']:.0f} s of ASR. " if stats.get("asr") else
+           "the collection of an earlier run of this command (`--fresh` ingests again). ")
+        + f"Moments: right when the returned moment starts within "
         f"{evaluation.MOMENT_TOLERANCE_S} s of where the answer starts (sonnet line timings).",
         "",
         md_table(["variant", "R@1", "R@5", "MRR", "moments", "R@1 number", "R@1 adversarial", "R@1 accent",
@@ -235,8 +237,7 @@ def run(args: argparse.Namespace, command: str) -> str:
         "",
         f"Moments of the {len(moment_queries)} sonnet-line queries, default ranking: "
         f"{clause_report.moment_accuracy:.3f} with clause pieces (word timestamps, the default) vs "
-        f"{whole_report.moment_accuracy:.3f} with whole Whisper segments (`SAVE_SEARCH_ASR_SPLIT_CLAUSES=0`); "
-        f"ASR of the sonnet alone without word timestamps: {whole_stats.get('asr', 0):.0f} s.",
+        f"{whole_report.moment_accuracy:.3f} with whole Whisper segments (`SAVE_SEARCH_ASR_SPLIT_CLAUSES=0`).",
         "",
         f"Speech calibration fitted on the default variant's results: a = {fit[0]:.2f}, b = {fit[1]:.2f} "
         f"(`SAVE_SEARCH_SPEECH_CALIBRATION`). What a speech_score means with that map:",

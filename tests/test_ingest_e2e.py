@@ -161,6 +161,13 @@ def test_full_save_mode_with_local_folder_weights(tmp_path, corpus, tiny_weights
     assert page.mode == "zero-shot-clip"
     assert page.results[0].filename == "jfk.mp4"  # the random visual model cannot help; speech decides
     assert all(r.visual_score is not None for r in page.results)
+    # Calibrated channels fused as "at least one is right": 1 - (1 - visual)(1 - speech), speech absent = 0.
+    for r in page.results:
+        assert 0.0 <= r.visual_score <= 1.0 and r.raw_visual is not None
+        expected = 1 - (1 - r.visual_score) * (1 - (r.speech_score or 0.0))
+        assert r.score == pytest.approx(expected, abs=2e-6), r
+    silent = next(r for r in page.results if r.filename == "silence_girl.mp4")
+    assert silent.speech_score is None and silent.score == pytest.approx(silent.visual_score, abs=1e-6)
     # the stored features re-score exactly: compare with a fresh encode of the same video
     from indexer.store import FeatureRef
 
