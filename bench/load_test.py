@@ -35,6 +35,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import ROOT, command_line, entry, md_table, percentile, publish, wait_for_quiet
+from indexer.jobs import FINISHED_JOB_STATUSES
 
 LEVELS = (1, 10, 50)
 MAX_REQUESTS = 200_000  # per level, whatever the duration: the run is bounded in count as well as time
@@ -168,7 +169,7 @@ def ingest(base_url: str, clips: Sequence[Path], timeout_s: float = 600.0) -> li
         for job_id in jobs:
             while True:
                 job = client.get(f"/v1/jobs/{job_id}").json()
-                if job["status"] in ("done", "failed"):
+                if job["status"] in FINISHED_JOB_STATUSES:
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"ingest job {job_id} did not finish in {timeout_s} s: {job}")
