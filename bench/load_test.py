@@ -84,13 +84,15 @@ def _free_socket() -> socket.socket:
 
 
 def serve(home: Path, access_log: bool = False) -> None:
-    """Run the app under uvicorn on a free loopback port (server process); writes the port to ``home/port``."""
+    """Run the app under uvicorn on a free loopback port (server process); writes the port to ``home/port`` and
+    the process id to ``home/pid``. ``SAVE_SEARCH_*`` variables apply (API keys, limits)."""
     import uvicorn
 
     from app.main import create_app
     from indexer.settings import Settings
 
-    settings = Settings(home=home, model=str(home / "no-visual-model"), expected_languages=["en"])
+    settings = Settings.from_env(home=home, model=str(home / "no-visual-model"), expected_languages=["en"])
+    (home / "pid").write_text(str(os.getpid()))
     sock = _free_socket()
     config = uvicorn.Config(create_app(settings, embedded_worker=True), log_level="warning", access_log=access_log)
     server = uvicorn.Server(config)

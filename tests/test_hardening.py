@@ -354,3 +354,75 @@ def test_deleting_the_video_being_ingested_finishes_its_job(client, services):
     job = client.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "cancelled", job
     assert job["items"][0]["status"] == "cancelled" and job["cancelled"] == 1
+
+
+# ------------------------------------------------------------------------ 8: measured on a real server process
+def _process_io(pid: int) -> dict[str, int]:
+    lines = Path(f"/proc/{pid}/io").read_text().splitlines()
+    return {k: int(v) for k, v in (line.split(": ") for line in lines)}
+
+
+def _post_declaring(base_url: str, total: int, headers: dict[str, str]) -> tuple[int, int]:
+    """POST an upload that declares ``total`` bytes and keeps sending until the server answers; returns the
+    status and how many body bytes went out before the answer."""
+    import select
+    import socket
+
+    host, port = urllib.parse.urlsplit(base_url).netloc.split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    sock.sendall((f"POST /v1/videos HTTP/1.1\r\nHost: {host}\r\nContent-Length: {total}\r\n"
+                  f"Content-Type: multipart/form-data; boundary=b0undary\r\n{extra}\r\n").encode())
+    sent, block = 0, b"\x00" * (1 << 20)
+    try:
+        while sent < total and not select.select([sock], [], [], 0)[0]:
+            sent += sock.send(block[: total - sent])
+    except OSError:  # the server closed the connection: it will not read the rest
+        pass
+    answer = sock.recv(4096)
+    sock.close()
+    return int(answer.split(b" ", 2)[1]), sent
+
+
+def test_rejected_200mb_upload_writes_nothing_on_a_real_server(tmp_path, monkeypatch):
+    """uvicorn + the app in its own process; /proc/PID/io counts what the process wrote (files, log, sockets)."""
+    from bench.load_test import running_server
+
+    monkeypatch.setenv("SAVE_SEARCH_API_KEYS", "k")
+    monkeypatch.setenv("SAVE_SEARCH_MAX_SIZE_BYTES", str(2_000_000))
+    home = tmp_path / "home"
+    with running_server(home) as base_url:
+        pid = int((home / "pid").read_text())
+        for headers, expected in (({}, 401), ({"X-API-Key": "wrong"}, 403), ({"X-API-Key": "k"}, 413)):
+            before = _process_io(pid)
+            status, sent = _post_declaring(base_url, 200_000_000, headers)
+            after = _process_io(pid)
+            written = after["wchar"] - before["wchar"]
+            print(f"{expected}: body bytes sent before the answer {sent}, server wrote {written} bytes "
+                  f"(to disk: {after['write_bytes'] - before['write_bytes']})")
+            assert status == expected
+            assert written < 16_384  # the answer and perhaps a log line; the 200 MB body would be 200 MB
+    uploads = home / "media" / "uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
+
+
+# ------------------------------------------------------------------------------------ 7: PostgreSQL's NUL
+@pytest.mark.parametrize("fresh_db_url", ["postgres"], indirect=True)
+def test_postgres_nul_inputs_are_422_and_leave_no_file(db_url, tmp_path):
+    """PostgreSQL text cannot hold NUL: an upload name or a query with one is refused before the database."""
+    import numpy as np
+
+    from tests.media_fixtures import speech_video
+
+    video = speech_video(np.zeros(16000, np.float32), tmp_path / "one-second.mp4").read_bytes()  # a real video
+    home = tmp_path / "pg-home"
+    settings = Settings(home=home, model=str(home / "no-visual-model"), database_url=db_url)
+    with TestClient(create_app(settings, embedded_worker=False)) as c:
+        r = c.post("/v1/videos", content=raw_multipart(b"a\x00b.mp4", video), headers=MULTIPART)
+        assert r.status_code == 422 and "NUL" in r.json()["detail"]
+        uploads = home / "media" / "uploads"
+        assert not uploads.exists() or not any(uploads.iterdir())
+        r = c.get("/v1/search", params={"q": "bread\x00"})
+        assert r.status_code == 422 and "NUL" in r.json()["detail"]
+        token = base64.urlsafe_b64encode(json.dumps({"o": 1, "a": 2**64, "q": "x"}).encode()).decode()
+        assert c.get("/v1/search", params={"q": "bread", "page_token": token}).status_code == 422

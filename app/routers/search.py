@@ -8,6 +8,7 @@ import json
 
 from fastapi import APIRouter, HTTPException, Query
 
+from indexer.names import text_problem
 from indexer.search import SearchResult as Found
 from indexer.transcripts import highlight_terms
 
@@ -65,6 +66,8 @@ def search(
 ) -> SearchResponse:
     if not q.strip():
         raise HTTPException(422, "the query is empty")
+    if problem := text_problem(q, "the query"):  # PostgreSQL text cannot hold NUL
+        raise HTTPException(422, problem)
     fingerprint = _query_fingerprint(q, k, min_score)
     offset, as_of = decode_page_token(page_token, fingerprint) if page_token else (0, None)
     try:
