@@ -34,6 +34,7 @@ from indexer.search import SearchService
 from indexer.settings import Settings
 from indexer.worker import Services
 
+from .admission import SearchAdmission
 from .schemas import DbId
 
 
@@ -55,6 +56,7 @@ class AppState:
     search: SearchService
     queue: JobQueue
     worker_mode: str  # embedded | external
+    admission: SearchAdmission
     _key_cache: tuple[float, set[str]] = field(default=(0.0, set()))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _media_secret: bytes | None = None

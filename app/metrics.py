@@ -17,6 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from indexer.catalog import Catalog
 from indexer.db import JobItem, Video
 
+from .admission import SearchAdmission
+
 
 class IngestCollector:
     def __init__(self, sessions) -> None:
@@ -61,14 +63,30 @@ class IndexCollector:
         yield vectors
 
 
+class AdmissionCollector:
+    """Searches waiting for a slot and searches turned away (503): the signs that the API is saturated."""
+
+    def __init__(self, admission: SearchAdmission) -> None:
+        self.admission = admission
+
+    def collect(self) -> Iterator:
+        waiting = GaugeMetricFamily("save_search_waiting", "Searches waiting for a slot")
+        waiting.add_metric([], self.admission.waiting)
+        yield waiting
+        rejected = CounterMetricFamily("save_search_rejected", "Searches answered 503 (queue full or wait too long)")
+        rejected.add_metric([], self.admission.rejected)
+        yield rejected
+
+
 class Metrics:
-    def __init__(self, sessions, catalog: Catalog) -> None:
+    def __init__(self, sessions, catalog: Catalog, admission: SearchAdmission) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram("save_http_request_duration_seconds", "HTTP request latency",
                                  ["method", "route", "status"], registry=self.registry,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.registry.register(IngestCollector(sessions))
         self.registry.register(IndexCollector(catalog))
+        self.registry.register(AdmissionCollector(admission))
 
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

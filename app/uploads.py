@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import HTTPException, Request
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -182,7 +183,10 @@ async def receive_upload(request: Request, settings: Settings) -> ReceivedFile:
             received += len(chunk)
             if received > limit + MULTIPART_OVERHEAD:
                 raise _too_large(limit)
-            parser.write(chunk)
+            try:
+                parser.write(chunk)
+            except MultipartParseError as exc:
+                raise HTTPException(422, f"the multipart body is malformed: {exc}", headers=CLOSE) from exc
             if len(writer.buffer) >= FLUSH_BYTES:
                 await run_in_threadpool(writer.flush)
         parser.finalize()

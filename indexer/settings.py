@@ -52,6 +52,9 @@ class Settings:
     upload_idle_timeout_s: float = 30.0  # an upload that sends nothing for this long is cut off (408)
     upload_body_timeout_s: float = 3600.0  # and one that takes longer than this in all
     max_query_chars: int = 500
+    search_concurrency: int = 0  # searches running at once; 0: half the cores (the rest is left to ingest)
+    search_queue: int = 16  # searches waiting for a slot; more get a 503 with Retry-After
+    search_queue_timeout_s: float = 2.0  # the longest a search waits for a slot before its 503
     max_k: int = 100
     # jobs
     max_attempts: int = 3

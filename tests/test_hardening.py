@@ -240,6 +240,12 @@ def raw_multipart(filename: bytes, payload: bytes, end: bool = True) -> bytes:
     return head + payload + (b"\r\n--b0undary--\r\n" if end else b"")
 
 
+def test_malformed_multipart_is_422(client):
+    body = b'--b0undary\r\nContent-[Disposition: form-data; name="file"\r\n\r\nxx\r\n--b0undary--\r\n'
+    r = client.post("/v1/videos", content=body, headers=MULTIPART)
+    assert r.status_code == 422 and "malformed" in r.json()["detail"]
+
+
 @pytest.mark.parametrize(("name", "reason"), [(b"bad\x00name.mp4", "NUL"), (b"caf\xe9.mp4", "Unicode")])
 def test_odd_upload_names_are_422_and_leave_no_file(client, services, name, reason):
     before = uploads_folder_files(services)
@@ -426,3 +432,48 @@ def test_postgres_nul_inputs_are_422_and_leave_no_file(db_url, tmp_path):
         assert r.status_code == 422 and "NUL" in r.json()["detail"]
         token = base64.urlsafe_b64encode(json.dumps({"o": 1, "a": 2**64, "q": "x"}).encode()).decode()
         assert c.get("/v1/search", params={"q": "bread", "page_token": token}).status_code == 422
+
+
+# ---------------------------------------------------------------------------------- search admission control
+def test_searches_over_the_bound_queue_then_get_503_with_retry_after(services, monkeypatch):
+    """One slot, one waiting place: of three simultaneous searches one runs, one waits and runs, one is told
+    to come back (instead of all three sharing the CPU and ingest getting none)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with app_client(services, search_concurrency=1, search_queue=1, search_queue_timeout_s=10) as c:
+        state = c.app.state.save
+        real_search = state.search.search
+        running, peak = [0], [0]
+
+        def slow_search(*args, **kwargs):
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            time.sleep(0.6)
+            running[0] -= 1
+            return real_search(*args, **kwargs)
+
+        monkeypatch.setattr(state.search, "search", slow_search)
+        with ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(c.get, "/v1/search", params={"q": f"query {i}"}) for i in range(3)]
+            time.sleep(0.2)
+            assert state.admission.waiting == 1
+            responses = [f.result() for f in futures]
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses == [200, 200, 503] and peak[0] == 1
+        busy = next(r for r in responses if r.status_code == 503)
+        assert int(busy.headers["retry-after"]) >= 1 and "busy" in busy.json()["detail"]
+        assert "save_search_rejected_total 1.0" in c.get("/metrics").text
+
+
+def test_a_search_waits_no_longer_than_the_queue_timeout(services, monkeypatch):
+    from app.admission import SearchAdmission
+
+    admission = SearchAdmission(concurrency=1, queue=4, wait_s=0.2)
+    with admission.admit():
+        start = time.monotonic()
+        with pytest.raises(Exception) as caught, admission.admit():
+            pass
+        assert 0.2 <= time.monotonic() - start < 1.0
+    assert caught.value.status_code == 503 and admission.waiting == 0
+    with admission.admit():  # the slot is free again
+        pass

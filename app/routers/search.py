@@ -13,7 +13,7 @@ from indexer.search import SearchResult as Found
 from indexer.transcripts import highlight_terms
 
 from ..deps import AppState, ReadState
-from ..schemas import ERROR_RESPONSES, Moment, SearchResponse, SearchResult
+from ..schemas import ERROR_RESPONSES, ErrorOut, Moment, SearchResponse, SearchResult
 
 MAX_PAGE_OFFSET = 1_000_000  # far past any candidate pool; keeps forged tokens' numbers in range
 
@@ -55,7 +55,8 @@ def to_api(result: Found, query: str, state: AppState, content_hash: str) -> Sea
     )
 
 
-@router.get("/search", response_model=SearchResponse, summary="Search videos in plain language")
+@router.get("/search", response_model=SearchResponse, summary="Search videos in plain language",
+            responses={503: {"model": ErrorOut, "description": "Busy: retry after the Retry-After seconds"}})
 def search(
     state: ReadState,
     q: str = Query(min_length=1, max_length=500, description="What to look for; matched against what is seen "
@@ -71,7 +72,8 @@ def search(
     fingerprint = _query_fingerprint(q, k, min_score)
     offset, as_of = decode_page_token(page_token, fingerprint) if page_token else (0, None)
     try:
-        page = state.search.search(q, k=k, offset=offset, min_score=min_score, as_of=as_of)
+        with state.admission.admit():  # bounded CPU for searches: queue, then 503 (app/admission.py)
+            page = state.search.search(q, k=k, offset=offset, min_score=min_score, as_of=as_of)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from exc
     more = offset + len(page.results) < page.total_candidates
