@@ -17,11 +17,25 @@ from contextlib import contextmanager
 
 from fastapi import HTTPException
 
+from indexer.settings import Settings
 
-def default_search_concurrency() -> int:
-    """Half the cores this process may use (at least one): the other half is left to ingest."""
+
+def search_concurrency(settings: Settings) -> int:
+    """The configured number of searches at once, else half the cores this process may use (at least one): the
+    other half is left to ingest."""
+    if settings.search_concurrency > 0:
+        return settings.search_concurrency
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // 2)
+
+
+def limit_api_threads(settings: Settings) -> None:
+    """For an API process without an embedded worker (called by its entry point, never by ``create_app``, which
+    tests build many times in one process): torch's intra-op threads capped at the search share of the cores,
+    so one query encoding cannot take the cores the workers ingest on."""
+    import torch
+
+    torch.set_num_threads(min(torch.get_num_threads(), search_concurrency(settings)))
 
 
 class SearchAdmission:

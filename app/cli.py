@@ -411,9 +411,12 @@ def serve(
     _setup_logging()
     import uvicorn
 
+    from app.admission import limit_api_threads
     from app.main import create_app
 
     settings = _settings(database_url, model)
+    if no_worker:
+        limit_api_threads(settings)
     uvicorn.run(create_app(settings, embedded_worker=not no_worker), host=host, port=port, log_level="info")
 
 

@@ -22,7 +22,7 @@ from indexer.search import SearchService
 from indexer.settings import Settings
 from indexer.worker import Services, Worker
 
-from .admission import SearchAdmission, default_search_concurrency
+from .admission import SearchAdmission, search_concurrency
 from .deps import AppState
 from .metrics import Metrics, MetricsMiddleware
 from .routers import health, jobs, search, videos
@@ -71,8 +71,8 @@ def create_app(settings: Settings | None = None, embedded_worker: bool = True,
     async def lifespan(app: FastAPI):
         svc = services or Services(settings)
         queue = JobQueue(svc.sessions, settings.max_attempts, settings.lease_seconds, settings.retry_backoff_s)
-        admission = SearchAdmission(settings.search_concurrency or default_search_concurrency(),
-                                    settings.search_queue, settings.search_queue_timeout_s)
+        admission = SearchAdmission(search_concurrency(settings), settings.search_queue,
+                                    settings.search_queue_timeout_s)
         state = AppState(settings, svc, SearchService(svc), queue, "embedded" if embedded_worker else "external",
                          admission)
         app.state.save = state

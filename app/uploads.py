@@ -146,6 +146,14 @@ def _upload_filename(raw: str) -> str:
     return shorten_name(name) or "upload"
 
 
+def _parse(parser: MultipartParser, chunk: bytes | None) -> None:
+    """Feed the parser (``None``: the body ended); a malformed body is the client's error."""
+    try:
+        parser.write(chunk) if chunk is not None else parser.finalize()
+    except MultipartParseError as exc:
+        raise HTTPException(422, f"the multipart body is malformed: {exc}", headers=CLOSE) from exc
+
+
 async def _next_chunk(chunks, timeout_s: float) -> bytes | None:
     try:
         return await asyncio.wait_for(anext(chunks), timeout=max(0.0, timeout_s))
@@ -183,13 +191,10 @@ async def receive_upload(request: Request, settings: Settings) -> ReceivedFile:
             received += len(chunk)
             if received > limit + MULTIPART_OVERHEAD:
                 raise _too_large(limit)
-            try:
-                parser.write(chunk)
-            except MultipartParseError as exc:
-                raise HTTPException(422, f"the multipart body is malformed: {exc}", headers=CLOSE) from exc
+            _parse(parser, chunk)
             if len(writer.buffer) >= FLUSH_BYTES:
                 await run_in_threadpool(writer.flush)
-        parser.finalize()
+        _parse(parser, None)
         if not writer.file_done or writer.tmp is None:
             raise HTTPException(422, "file: a multipart field 'file' with a file name is required")
         await run_in_threadpool(writer.finish)

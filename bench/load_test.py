@@ -98,6 +98,10 @@ def serve(home: Path, access_log: bool = False, embedded_worker: bool = True) ->
 
     settings = Settings.from_env(home=home, model=str(home / "no-visual-model"), expected_languages=["en"])
     (home / "pid").write_text(str(os.getpid()))
+    if not embedded_worker:  # as `save-search serve --no-worker` does
+        from app.admission import limit_api_threads
+
+        limit_api_threads(settings)
     sock = _free_socket()
     config = uvicorn.Config(create_app(settings, embedded_worker=embedded_worker), log_level="warning",
                             access_log=access_log)

@@ -54,7 +54,7 @@ class Settings:
     max_query_chars: int = 500
     search_concurrency: int = 0  # searches running at once; 0: half the cores (the rest is left to ingest)
     search_queue: int = 16  # searches waiting for a slot; more get a 503 with Retry-After
-    search_queue_timeout_s: float = 2.0  # the longest a search waits for a slot before its 503
+    search_queue_timeout_s: float = 0.5  # the longest a search waits for a slot before its 503
     max_k: int = 100
     # jobs
     max_attempts: int = 3

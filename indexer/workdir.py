@@ -44,6 +44,13 @@ def claim_work_dir(root: Path, owner: str) -> tuple[Path, int]:
     return work, fd
 
 
+def release_work_dir(work: Path, lock_fd: int) -> None:
+    """At a clean exit: remove the scratch folder and its lock file, then let go of the lock."""
+    shutil.rmtree(work, ignore_errors=True)
+    Path(f"{work}{LOCK_SUFFIX}").unlink(missing_ok=True)
+    os.close(lock_fd)
+
+
 def sweep_abandoned_work_dirs(root: Path) -> int:
     """Remove the scratch folders (and lock files) of workers that are no longer alive. Returns how many."""
     removed = 0

@@ -40,7 +40,13 @@ from .probe import ProbeResult, check_access, probe
 from .settings import Settings
 from .store import FeatureStore
 from .transcripts import SentenceEncoder
-from .workdir import ORPHAN_GRACE_S, claim_work_dir, sweep_abandoned_work_dirs, sweep_orphan_files
+from .workdir import (
+    ORPHAN_GRACE_S,
+    claim_work_dir,
+    release_work_dir,
+    sweep_abandoned_work_dirs,
+    sweep_orphan_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,11 +176,20 @@ class Worker:
     def run(self, stop: threading.Event | None = None, poll_s: float = 1.0, exit_when_idle: bool = False) -> None:
         self.startup()
         stop = stop or threading.Event()
-        while not stop.is_set():
-            if self.run_once() == 0:
-                if exit_when_idle and self.queue.pending() == 0:
-                    return
-                stop.wait(poll_s)
+        try:
+            while not stop.is_set():
+                if self.run_once() == 0:
+                    if exit_when_idle and self.queue.pending() == 0:
+                        return
+                    stop.wait(poll_s)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """A clean exit: the scratch folder goes, and the id is free again."""
+        if self._work_lock is not None:
+            release_work_dir(self.work_dir, self._work_lock)
+            self._work_lock = None
 
     # ------------------------------------------------------------------ one batch
     def process(self, item_ids: list[int]) -> None:

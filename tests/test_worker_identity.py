@@ -135,4 +135,4 @@ def test_kill_between_thumbnail_and_commit_leaves_no_orphan(tmp_path):
     summary = worker.queue.summary(job_id)
     assert summary.status == "failed" and summary.items[0].error_kind == "not_found", summary
     assert list(thumbs.iterdir()) == []
-    assert sorted(p.name for p in (home / "work").iterdir()) == sorted([worker.owner, f"{worker.owner}.lock"])
+    assert list((home / "work").iterdir()) == []  # the dead worker's folder swept, this one's removed at exit
