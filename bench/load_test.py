@@ -206,7 +206,9 @@ class LevelResult:
     latencies: dict[str, list[float]]  # seconds, successful requests, by request kind
     errors: Counter[str]
     busy: int = 0  # searches answered 503 + Retry-After (admission control): counted apart from errors
-    ingested: int | None = None  # items the ingest workers finished during the level (--ingest-workers)
+    # Ingest progress during the level (--ingest-workers), in items: each item counts its progress (0..1, by stage),
+    # since a worker commits a whole batch at once and finished items alone would move in steps of a batch.
+    ingested: float | None = None
 
     @property
     def requests(self) -> int:
@@ -291,9 +293,10 @@ async def warm_up(base_url: str, video_ids: Sequence[int]) -> None:
 def table(results: Sequence[LevelResult]) -> str:
     ingest = any(r.ingested is not None for r in results)
     return md_table(["clients", "seconds", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "503 busy", "errors"]
-                    + ["items ingested during the level"] * ingest,
+                    + ["ingest progress during the level (items)"] * ingest,
                     [[r.clients, round(r.seconds, 1), r.requests, round(r.throughput, 1), r.percentile(50),
-                      r.percentile(95), r.percentile(99), r.busy, r.error_count] + [r.ingested] * ingest
+                      r.percentile(95), r.percentile(99), r.busy, r.error_count]
+                     + [None if r.ingested is None else round(r.ingested, 2)] * ingest
                      for r in results])
 
 
@@ -367,15 +370,19 @@ def ingest_batch(out_dir: Path, count: int) -> list[Path]:
     return paths
 
 
-def items_done(home: Path) -> int:
-    from sqlalchemy import func, select
+def ingest_progress(home: Path) -> float:
+    """All items' progress summed: 1 per finished item, the stage's fraction (probe 0.05 ... encode 0.8) for one
+    in progress."""
+    from sqlalchemy import case, func, select
 
     from indexer.db import JobItem, make_engine, session_factory
+    from indexer.jobs import FINISHED_ITEM_STATUSES
 
     engine = make_engine(f"sqlite:///{home / 'save_search.db'}")
     try:
         with session_factory(engine)() as s:
-            return s.scalar(select(func.count()).select_from(JobItem).where(JobItem.status == "done")) or 0
+            done = case((JobItem.status.in_(FINISHED_ITEM_STATUSES), 1.0), else_=JobItem.progress)
+            return float(s.scalar(select(func.sum(done))) or 0.0)
     finally:
         engine.dispose()
 
@@ -419,11 +426,11 @@ def run(levels: Sequence[int], seconds: float, clips: int, work: Path, max_reque
             if workers:
                 subprocess.run([sys.executable, "-m", "app.cli", "ingest", *map(str, batches[i])], cwd=ROOT,
                                env={**os.environ, "SAVE_SEARCH_HOME": str(home)}, check=True, capture_output=True)
-                before = items_done(home)
+                before = ingest_progress(home)
             print(f"{n} client(s) for {seconds:g} s ...", flush=True)
             results.append(asyncio.run(drive(base_url, n, seconds, video_ids, max_requests)))
             if before is not None:
-                results[-1].ingested = items_done(home) - before
+                results[-1].ingested = ingest_progress(home) - before
             print(table(results[-1:]).splitlines()[-1], flush=True)
     return results, home / "server.log"
 
