@@ -340,6 +340,7 @@ def ingest(
             break
         if w.run_once() == 0:
             stop.wait(0.5)
+    w.shutdown()
     bar.close()
     for item in summary.items:
         row = {"path": item.path, "video_id": item.video_id, "status": item.status, "error": item.error}

@@ -41,8 +41,11 @@ def _ingest(services: Services, paths: list[Path]) -> int:
     worker = Worker(services, owner="test-worker")
     job_id = worker.queue.enqueue("bulk", paths)
     worker.startup()
-    while worker.queue.summary(job_id).status not in FINISHED_JOB_STATUSES:
-        assert worker.run_once() > 0 or worker.queue.pending() > 0
+    try:
+        while worker.queue.summary(job_id).status not in FINISHED_JOB_STATUSES:
+            assert worker.run_once() > 0 or worker.queue.pending() > 0
+    finally:
+        worker.shutdown()  # the next _ingest starts a worker under the same id
     return job_id
 
 
