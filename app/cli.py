@@ -266,7 +266,8 @@ ModelOpt = Annotated[str | None, typer.Option("--model", help="Config name, chec
 def worker(
     database_url: DatabaseOpt = None,
     model: ModelOpt = None,
-    worker_id: Annotated[str | None, typer.Option(help="Stable id; a restarted worker reclaims its items.")] = None,
+    worker_id: Annotated[str | None, typer.Option(help="A fixed id (default: unique per process); a worker "
+                                                       "restarted under it takes back its items at once.")] = None,
     exit_when_idle: Annotated[bool, typer.Option(help="Stop when the queue is empty.")] = False,
     verbose: bool = False,
 ) -> None:
@@ -322,6 +323,7 @@ def ingest(
 
     from tqdm import tqdm
 
+    from indexer.jobs import FINISHED_JOB_STATUSES
     from indexer.worker import Worker
 
     services = _services(settings)
@@ -334,10 +336,11 @@ def ingest(
         summary = w.queue.summary(job_id)
         bar.n = summary.done + summary.failed
         bar.refresh()
-        if summary.status in ("done", "failed"):
+        if summary.status in FINISHED_JOB_STATUSES:
             break
         if w.run_once() == 0:
             stop.wait(0.5)
+    w.shutdown()
     bar.close()
     for item in summary.items:
         row = {"path": item.path, "video_id": item.video_id, "status": item.status, "error": item.error}
@@ -458,9 +461,12 @@ def serve(
     _setup_logging()
     import uvicorn
 
+    from app.admission import limit_api_threads
     from app.main import create_app
 
     settings = _settings(database_url, model)
+    if no_worker:
+        limit_api_threads(settings)
     uvicorn.run(create_app(settings, embedded_worker=not no_worker), host=host, port=port, log_level="info")
 
 

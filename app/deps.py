@@ -6,8 +6,10 @@ embedded default) writes are accepted from loopback clients only.
 
 Thumbnails and video files are loaded by ``<img>`` and ``<video>`` elements, which cannot send a key. When
 reads need a key, the URLs the API hands out (search results, video metadata) carry a signature instead:
-``?exp=<unix time>&sig=<HMAC-SHA256 of "video id:exp">`` with a secret stored in the database (shared by every
-API process), valid for ``media_url_ttl_s``. Such a URL opens that one video's thumbnail and file only.
+``?exp=<unix time>&sig=<HMAC-SHA256 of "video id:content hash:exp">`` with a secret stored in the database
+(shared by every API process), valid for ``media_url_ttl_s`` (counted from the whole second it was issued in, so
+a URL lives between ttl - 1 and ttl seconds). Such a URL opens that one video's thumbnail and file only: the
+content hash binds it to the file, so an id that SQLite reuses after a delete does not open the new video.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import ipaddress
 import secrets
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -25,12 +28,13 @@ from fastapi import Depends, HTTPException, Query, Request, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from indexer.db import ApiKey, Meta
+from indexer.db import ApiKey, Meta, Video
 from indexer.jobs import JobQueue
 from indexer.search import SearchService
 from indexer.settings import Settings
 from indexer.worker import Services
 
+from .admission import SearchAdmission
 from .schemas import DbId
 
 
@@ -43,7 +47,6 @@ def new_key() -> str:
 
 
 MEDIA_SECRET_KEY = "media_url_secret"  # the Meta row holding the signing secret of media URLs
-MEDIA_EXPIRY_STEP_S = 300  # expiry times are rounded up to this: a URL stays the same for minutes (browser cache)
 
 
 @dataclass
@@ -53,6 +56,7 @@ class AppState:
     search: SearchService
     queue: JobQueue
     worker_mode: str  # embedded | external
+    admission: SearchAdmission
     _key_cache: tuple[float, set[str]] = field(default=(0.0, set()))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _media_secret: bytes | None = None
@@ -87,22 +91,33 @@ class AppState:
                 self._media_secret = bytes.fromhex(value.value)
         return self._media_secret
 
-    def _media_signature(self, video_id: int, exp: int) -> str:
-        return hmac.new(self.media_secret(), f"{video_id}:{exp}".encode(), hashlib.sha256).hexdigest()
+    def _media_signature(self, video_id: int, content_hash: str, exp: int) -> str:
+        message = f"{video_id}:{content_hash}:{exp}".encode()
+        return hmac.new(self.media_secret(), message, hashlib.sha256).hexdigest()
 
-    def media_url(self, video_id: int, kind: str) -> str:
+    def content_hashes(self, video_ids: Iterable[int]) -> dict[int, str]:
+        """What signed media URLs are bound to, for many videos in one query."""
+        ids = set(video_ids)
+        if not ids:
+            return {}
+        with self.services.sessions() as s:
+            return dict(s.execute(select(Video.id, Video.content_hash).where(Video.id.in_(ids))).all())
+
+    def media_url(self, video_id: int, kind: str, content_hash: str) -> str:
         """``/v1/videos/{id}/thumbnail`` or ``/media``, signed when reads need a key."""
         url = f"/v1/videos/{video_id}/{kind}"
         if not self.media_urls_signed():
             return url
-        step = MEDIA_EXPIRY_STEP_S
-        exp = -(-(int(time.time()) + self.settings.media_url_ttl_s) // step) * step
-        return f"{url}?exp={exp}&sig={self._media_signature(video_id, exp)}"
+        exp = int(time.time()) + self.settings.media_url_ttl_s
+        return f"{url}?exp={exp}&sig={self._media_signature(video_id, content_hash, exp)}"
 
     def media_signature_valid(self, video_id: int, exp: int | None, sig: str | None) -> bool:
-        if exp is None or sig is None or exp < time.time():
+        if exp is None or sig is None or exp < time.time() or not sig.isascii():
             return False
-        return hmac.compare_digest(sig, self._media_signature(video_id, exp))
+        content_hash = self.content_hashes([video_id]).get(video_id)
+        if content_hash is None:
+            return False
+        return hmac.compare_digest(sig.encode(), self._media_signature(video_id, content_hash, exp).encode())
 
     def invalidate_keys(self) -> None:
         with self._lock:

@@ -15,12 +15,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from indexer.jobs import JobQueue
 from indexer.search import SearchService
 from indexer.settings import Settings
 from indexer.worker import Services, Worker
 
+from .admission import SearchAdmission, search_concurrency
 from .deps import AppState
 from .metrics import Metrics, MetricsMiddleware
 from .routers import health, jobs, search, videos
@@ -28,6 +30,37 @@ from .routers import health, jobs, search, videos
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 API_VERSION = "1.0.0"
+
+
+class InternalErrorMiddleware:
+    """An unexpected exception becomes a logged 500 with a JSON body, and goes no further.
+
+    Starlette's own handler answers 500 but re-raises, and the server then closes the connection, so a client
+    on keep-alive sees a reset instead of the answer. Once a response has started nothing can be sent, and the
+    exception is re-raised as before."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception:
+            if started:
+                raise
+            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            response = JSONResponse(status_code=500, content={"detail": "internal server error (logged)"})
+            await response(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, embedded_worker: bool = True,
@@ -38,9 +71,12 @@ def create_app(settings: Settings | None = None, embedded_worker: bool = True,
     async def lifespan(app: FastAPI):
         svc = services or Services(settings)
         queue = JobQueue(svc.sessions, settings.max_attempts, settings.lease_seconds, settings.retry_backoff_s)
-        state = AppState(settings, svc, SearchService(svc), queue, "embedded" if embedded_worker else "external")
+        admission = SearchAdmission(search_concurrency(settings), settings.search_queue,
+                                    settings.search_queue_timeout_s)
+        state = AppState(settings, svc, SearchService(svc), queue, "embedded" if embedded_worker else "external",
+                         admission)
         app.state.save = state
-        app.state.metrics = Metrics(svc.sessions)
+        app.state.metrics = Metrics(svc.sessions, svc.catalog, admission)
         status = svc.encoder.status()
         log.info("model mode: %s (%s)", status.mode, status.reason)
         log.info("auth: %s", state.auth_mode)
@@ -61,7 +97,8 @@ def create_app(settings: Settings | None = None, embedded_worker: bool = True,
     app = FastAPI(title="save-search", version=API_VERSION, lifespan=lifespan,
                   description="Text-to-video search that understands what is said (SAVE: CLIP frames, AST audio, "
                               "Whisper transcripts, gated fusion). Scores and modes are explained in the README.")
-    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(InternalErrorMiddleware)
+    app.add_middleware(MetricsMiddleware)  # outermost: it also counts the 500s of the middleware above
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

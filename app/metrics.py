@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
-from starlette.middleware.base import BaseHTTPMiddleware
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from indexer.catalog import Catalog
 from indexer.db import JobItem, Video
+
+from .admission import SearchAdmission
 
 
 class IngestCollector:
@@ -47,33 +47,82 @@ class IngestCollector:
         yield vids
 
 
+class IndexCollector:
+    """Vectors in each search index this process serves, labelled by the embedding space (model version) they
+    were made with: next to ``save_videos`` it shows whether the index has caught up with the database."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def collect(self) -> Iterator:
+        vectors = GaugeMetricFamily("save_index_vectors", "Vectors in each search index, by model version",
+                                    labels=["index", "model_version"])
+        for managed in (self.catalog.videos, self.catalog.segments):
+            if managed is not None and managed.index is not None:
+                vectors.add_metric([managed.folder.name, managed.space or "none"], len(managed.index))
+        yield vectors
+
+
+class AdmissionCollector:
+    """Searches waiting for a slot and searches turned away (503): the signs that the API is saturated."""
+
+    def __init__(self, admission: SearchAdmission) -> None:
+        self.admission = admission
+
+    def collect(self) -> Iterator:
+        waiting = GaugeMetricFamily("save_search_waiting", "Searches waiting for a slot")
+        waiting.add_metric([], self.admission.waiting)
+        yield waiting
+        rejected = CounterMetricFamily("save_search_rejected", "Searches answered 503 (queue full or wait too long)")
+        rejected.add_metric([], self.admission.rejected)
+        yield rejected
+
+
 class Metrics:
-    def __init__(self, sessions) -> None:
+    def __init__(self, sessions, catalog: Catalog, admission: SearchAdmission) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram("save_http_request_duration_seconds", "HTTP request latency",
                                  ["method", "route", "status"], registry=self.registry,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.registry.register(IngestCollector(sessions))
+        self.registry.register(IndexCollector(catalog))
+        self.registry.register(AdmissionCollector(admission))
 
 
-def _route_template(request: Request) -> str:
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match == Match.FULL:
-            return getattr(route, "path", request.url.path)
-    return "unmatched"
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-class MetricsMiddleware(BaseHTTPMiddleware):
-    async def dispatch(self, request: Request, call_next) -> Response:
+def route_label(scope: Scope) -> str:
+    """The template of the route that served the request (``/v1/videos/{video_id}``), never the raw URL: a label
+    per URL would make one series per id a client invents. The router records the matched route in the scope."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+class MetricsMiddleware:
+    """Latency by method, route template and status; a bounded set of series whatever clients send."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
         status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
+            await self.app(scope, receive, send_status)
         finally:
-            metrics: Metrics | None = getattr(request.app.state, "metrics", None)
+            metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
             if metrics is not None:
-                metrics.latency.labels(request.method, _route_template(request), str(status)).observe(
-                    time.perf_counter() - start)
+                method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+                metrics.latency.labels(method, route_label(scope), str(status)).observe(time.perf_counter() - start)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Path as PathParam
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from indexer.names import path_problem
 
 # Database ids: 64-bit signed integers; anything else is a 422, never a server error.
 DbId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
@@ -90,6 +92,15 @@ class IngestJobRequest(BaseModel):
                              description="Server-side files or folders under the configured allowed roots.")
     recursive: bool = False
 
+    @field_validator("paths")
+    @classmethod
+    def _usable_paths(cls, paths: list[str]) -> list[str]:
+        """NUL, lone surrogates, over-long or relative paths: a 422 with the reason, before any file system call."""
+        for i, path in enumerate(paths):
+            if problem := path_problem(path):
+                raise ValueError(f"paths[{i}]: {problem}")
+        return paths
+
 
 class JobItemOut(BaseModel):
     item_id: int
@@ -107,12 +118,14 @@ class JobItemOut(BaseModel):
 class JobOut(BaseModel):
     job_id: int
     kind: str
-    status: str = Field(description="queued, running, done (every item finished) or failed (every item failed).")
+    status: str = Field(description="queued, running, or once every item is done, failed or cancelled: done (one "
+                                    "was indexed), failed (none was, one failed) or cancelled (all were).")
     total: int
     done: int
     failed: int
     queued: int
     running: int
+    cancelled: int = Field(description="Items whose video was deleted before it was indexed.")
     progress: float
     items: list[JobItemOut]
 

@@ -8,6 +8,11 @@ errors with their causes, and appends the table to BENCHMARKS.md with the date, 
 
     .venv/bin/python -m bench.load_test              # full run: 60 s per level, appended to BENCHMARKS.md
     .venv/bin/python -m bench.load_test --quick      # 5 s per level, no BENCHMARKS.md entry
+    .venv/bin/python -m bench.load_test --levels 30 --seconds 45 --ingest-workers 2   # searches while ingesting
+
+With ``--ingest-workers N`` the server runs without its embedded worker and N ``save-search worker`` processes
+do the ingest, on the same cores; before each level a bulk job of new clips is queued, and the report shows how
+many of them the workers finished during the level next to the search latency.
 
 The server runs in its own process so that the load generator does not share its interpreter (GIL); both
 still share this machine's CPU cores, which the report says. A full run first waits for a quiet machine
@@ -35,6 +40,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import ROOT, command_line, entry, md_table, percentile, publish, wait_for_quiet
+from indexer.jobs import FINISHED_JOB_STATUSES
 
 LEVELS = (1, 10, 50)
 MAX_REQUESTS = 200_000  # per level, whatever the duration: the run is bounded in count as well as time
@@ -82,16 +88,23 @@ def _free_socket() -> socket.socket:
     return sock
 
 
-def serve(home: Path, access_log: bool = False) -> None:
-    """Run the app under uvicorn on a free loopback port (server process); writes the port to ``home/port``."""
+def serve(home: Path, access_log: bool = False, embedded_worker: bool = True) -> None:
+    """Run the app under uvicorn on a free loopback port (server process); writes the port to ``home/port`` and
+    the process id to ``home/pid``. ``SAVE_SEARCH_*`` variables apply (API keys, limits)."""
     import uvicorn
 
     from app.main import create_app
     from indexer.settings import Settings
 
-    settings = Settings(home=home, model=str(home / "no-visual-model"), expected_languages=["en"])
+    settings = Settings.from_env(home=home, model=str(home / "no-visual-model"), expected_languages=["en"])
+    (home / "pid").write_text(str(os.getpid()))
+    if not embedded_worker:  # as `save-search serve --no-worker` does
+        from app.admission import limit_api_threads
+
+        limit_api_threads(settings)
     sock = _free_socket()
-    config = uvicorn.Config(create_app(settings, embedded_worker=True), log_level="warning", access_log=access_log)
+    config = uvicorn.Config(create_app(settings, embedded_worker=embedded_worker), log_level="warning",
+                            access_log=access_log)
     server = uvicorn.Server(config)
     (home / "port.tmp").write_text(str(sock.getsockname()[1]))
     (home / "port.tmp").replace(home / "port")
@@ -100,14 +113,16 @@ def serve(home: Path, access_log: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def running_server(home: Path, startup_timeout_s: float = 300.0, access_log: bool = False) -> Iterator[str]:
+def running_server(home: Path, startup_timeout_s: float = 300.0, access_log: bool = False,
+                   embedded_worker: bool = True) -> Iterator[str]:
     """Start the server process, wait until ``/readyz`` answers, yield its base URL; stop it afterwards.
 
     Its output goes to ``home/server.log`` (tracebacks of any 5xx land there).
     """
     home.mkdir(parents=True, exist_ok=True)
     (home / "port").unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "bench.load_test", "--serve", str(home)] + (["--access-log"] * access_log)
+    cmd = ([sys.executable, "-m", "bench.load_test", "--serve", str(home)] + (["--access-log"] * access_log)
+           + (["--no-embedded-worker"] * (not embedded_worker)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     with (home / "server.log").open("ab") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -168,7 +183,7 @@ def ingest(base_url: str, clips: Sequence[Path], timeout_s: float = 600.0) -> li
         for job_id in jobs:
             while True:
                 job = client.get(f"/v1/jobs/{job_id}").json()
-                if job["status"] in ("done", "failed"):
+                if job["status"] in FINISHED_JOB_STATUSES:
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"ingest job {job_id} did not finish in {timeout_s} s: {job}")
@@ -190,6 +205,10 @@ class LevelResult:
     seconds: float
     latencies: dict[str, list[float]]  # seconds, successful requests, by request kind
     errors: Counter[str]
+    busy: int = 0  # searches answered 503 + Retry-After (admission control): counted apart from errors
+    # Ingest progress during the level (--ingest-workers), in items: each item counts its progress (0..1, by stage),
+    # since a worker commits a whole batch at once and finished items alone would move in steps of a batch.
+    ingested: float | None = None
 
     @property
     def requests(self) -> int:
@@ -235,7 +254,10 @@ async def _client(client: httpx.AsyncClient, rng: random.Random, video_ids: Sequ
         try:
             r = await client.get(url, params=params)
             elapsed = time.perf_counter() - start
-            if r.status_code != 200:
+            if r.status_code == 503 and "retry-after" in r.headers:
+                result.busy += 1
+                await asyncio.sleep(float(r.headers["retry-after"]))  # as a well-behaved client does
+            elif r.status_code != 200:
                 result.errors[f"HTTP {r.status_code} on {_route(kind, url)}: {r.text[:200]}"] += 1
             elif kind.startswith("search") and '"results"' not in r.text:
                 result.errors[f"search answered 200 without results: {r.text[:200]}"] += 1
@@ -269,9 +291,13 @@ async def warm_up(base_url: str, video_ids: Sequence[int]) -> None:
 
 # --------------------------------------------------------------------------------------------------- report
 def table(results: Sequence[LevelResult]) -> str:
-    return md_table(["clients", "seconds", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors"],
+    ingest = any(r.ingested is not None for r in results)
+    return md_table(["clients", "seconds", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "503 busy", "errors"]
+                    + ["ingest progress during the level (items)"] * ingest,
                     [[r.clients, round(r.seconds, 1), r.requests, round(r.throughput, 1), r.percentile(50),
-                      r.percentile(95), r.percentile(99), r.error_count] for r in results])
+                      r.percentile(95), r.percentile(99), r.busy, r.error_count]
+                     + [None if r.ingested is None else round(r.ingested, 2)] * ingest
+                     for r in results])
 
 
 def kind_table(results: Sequence[LevelResult]) -> str:
@@ -302,12 +328,18 @@ def error_report(results: Sequence[LevelResult]) -> str:
     return "\n".join(lines)
 
 
-def markdown_body(results: Sequence[LevelResult], clips: int, problems: Sequence[str]) -> str:
+def markdown_body(results: Sequence[LevelResult], clips: int, problems: Sequence[str], workers: int = 0,
+                  per_level: int = 0) -> str:
     errors = error_report(results)
     mix = ", ".join(f"{round(w * 100)} % {KIND_LABELS[k]}" for k, w in MIX)
+    ingest = (f"no embedded worker; {workers} `save-search worker` processes ingest {per_level} new speech clips "
+              "queued before each level" if workers else "embedded ingest worker idle")
+    admission = ", ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("SAVE_SEARCH_SEARCH_"))
     return "\n".join([
         f"Server: the real app (`create_app`, speech mode: no visual model, {clips} indexed speech clips, SQLite, "
-        "FAISS, embedded ingest worker idle) under one uvicorn process on 127.0.0.1, access log off. Clients: "
+        f"FAISS, {ingest}; search admission {admission or 'default'}) under one uvicorn process on 127.0.0.1, "
+        "access log off. 503 answers (busy, with Retry-After) are counted apart; the client then waits "
+        "Retry-After seconds. Clients: "
         "closed-loop httpx (async, keep-alive) in another process on the same cores; request mix "
         f"{mix}: searches with k in 1/5/10/20, either one of {len(QUERIES)} fixed queries (cached by the app "
         "after the warm-up) or a new random combination of 2-6 words (the text encoder runs). Latency is per "
@@ -324,18 +356,81 @@ def markdown_body(results: Sequence[LevelResult], clips: int, problems: Sequence
 
 
 # ----------------------------------------------------------------------------------------------------- main
+def ingest_batch(out_dir: Path, count: int) -> list[Path]:
+    """``count`` new clips (distinct files, so none is a duplicate) for the workers to ingest during a level."""
+    from tests.media_fixtures import MEDIA, speech_video
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        name = CLIPS[i % len(CLIPS)][0]
+        out = out_dir / f"ingest{i}.mp4"
+        speech_video(MEDIA / "speech" / name, out, color=(i % 256, (7 * i + 3) % 256, (13 * i + 11) % 256))
+        paths.append(out)
+    return paths
+
+
+def ingest_progress(home: Path) -> float:
+    """All items' progress summed: 1 per finished item, the stage's fraction (probe 0.05 ... encode 0.8) for one
+    in progress."""
+    from sqlalchemy import case, func, select
+
+    from indexer.db import JobItem, make_engine, session_factory
+    from indexer.jobs import FINISHED_ITEM_STATUSES
+
+    engine = make_engine(f"sqlite:///{home / 'save_search.db'}")
+    try:
+        with session_factory(engine)() as s:
+            done = case((JobItem.status.in_(FINISHED_ITEM_STATUSES), 1.0), else_=JobItem.progress)
+            return float(s.scalar(select(func.sum(done))) or 0.0)
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def ingest_workers(home: Path, count: int) -> Iterator[None]:
+    """``count`` `save-search worker` processes on the server's home (they share its SQLite database)."""
+    env = {**os.environ, "SAVE_SEARCH_HOME": str(home), "SAVE_SEARCH_MODEL": str(home / "no-visual-model"),
+           "SAVE_SEARCH_EXPECTED_LANGUAGES": "en"}
+    procs = [subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=ROOT, env=env,
+                              stdout=(home / f"worker{i}.log").open("ab"), stderr=subprocess.STDOUT)
+             for i in range(count)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
 def run(levels: Sequence[int], seconds: float, clips: int, work: Path, max_requests: int,
-        access_log: bool = False) -> tuple[list[LevelResult], Path]:
+        access_log: bool = False, workers: int = 0, per_level: int = 12) -> tuple[list[LevelResult], Path]:
     paths = make_clips(work / "clips", clips)
+    batches = [ingest_batch(work / f"ingest-{n}-{i}", per_level) for i, n in enumerate(levels)] if workers else []
     home = work / "home"
-    with running_server(home, access_log=access_log) as base_url:
+    with contextlib.ExitStack() as stack:
+        base_url = stack.enter_context(running_server(home, access_log=access_log, embedded_worker=not workers))
+        if workers:
+            stack.enter_context(ingest_workers(home, workers))
         print(f"server at {base_url}; indexing {len(paths)} clips ...", flush=True)
         video_ids = ingest(base_url, paths)
         asyncio.run(warm_up(base_url, video_ids))
         results = []
-        for n in levels:
+        for i, n in enumerate(levels):
+            before = None
+            if workers:
+                subprocess.run([sys.executable, "-m", "app.cli", "ingest", *map(str, batches[i])], cwd=ROOT,
+                               env={**os.environ, "SAVE_SEARCH_HOME": str(home)}, check=True, capture_output=True)
+                before = ingest_progress(home)
             print(f"{n} client(s) for {seconds:g} s ...", flush=True)
             results.append(asyncio.run(drive(base_url, n, seconds, video_ids, max_requests)))
+            if before is not None:
+                results[-1].ingested = ingest_progress(home) - before
             print(table(results[-1:]).splitlines()[-1], flush=True)
     return results, home / "server.log"
 
@@ -352,23 +447,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-append", action="store_true", help="do not append the result to BENCHMARKS.md")
     parser.add_argument("--no-wait", action="store_true", help="measure at once, even on a busy machine")
     parser.add_argument("--access-log", action="store_true", help="uvicorn access log on (as `save-search serve`)")
+    parser.add_argument("--ingest-workers", type=int, default=0, metavar="N",
+                        help="N worker processes ingest new clips during every level (the server's own is off)")
+    parser.add_argument("--ingest-clips", type=int, default=12, help="clips queued before each level")
     parser.add_argument("--serve", type=Path, metavar="HOME", help=argparse.SUPPRESS)  # the server process
+    parser.add_argument("--no-embedded-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve is not None:
-        serve(args.serve, args.access_log)
+        serve(args.serve, args.access_log, embedded_worker=not args.no_embedded_worker)
         return 0
     seconds = 5.0 if args.quick else args.seconds
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     load = os.getloadavg()[0] if (args.quick or args.no_wait) else wait_for_quiet()
     with contextlib.ExitStack() as stack:
         work = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="save-load-")))
-        results, server_log = run(levels, seconds, args.clips, work, args.max_requests, args.access_log)
+        results, server_log = run(levels, seconds, args.clips, work, args.max_requests, args.access_log,
+                                  args.ingest_workers, args.ingest_clips)
         problems = server_problems(server_log)
         failed = bool(problems) or any(r.errors for r in results)
         if failed:
             print(f"--- server log ({server_log}) ---\n{server_log.read_text()[-20_000:]}", file=sys.stderr)
     text = entry("HTTP load test", command_line("bench.load_test", argv), load,
-                 markdown_body(results, args.clips, problems))
+                 markdown_body(results, args.clips, problems, args.ingest_workers, args.ingest_clips))
     publish(text, append=not (args.quick or args.no_append))
     return 1 if failed else 0
 

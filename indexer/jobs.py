@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +21,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .db import Job, JobItem, utcnow
 from .errors import AccessError, IngestError
+from .names import display_name, display_stored_path, path_to_db, shorten_name
 from .probe import check_access
 
 log = logging.getLogger(__name__)
+
+# A job is finished once none of its items can still run: each is done, failed or cancelled.
+FINISHED_ITEM_STATUSES = ("done", "failed", "cancelled")
+FINISHED_JOB_STATUSES = ("done", "failed", "cancelled")
 
 MEDIA_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv",
                             ".ts", ".mts", ".m2ts", ".3gp", ".ogv"})
@@ -51,6 +58,7 @@ class JobSummary:
     failed: int
     queued: int
     running: int
+    cancelled: int
     progress: float
     items: list[ItemOutcome]
 
@@ -70,14 +78,14 @@ def expand_paths(paths: Iterable[str | Path], recursive: bool,
     out: list[Path] = []
     for raw in paths:
         p = Path(raw).expanduser()
-        if roots and not _inside(p, roots):
-            out.append(p)
-            continue
-        if p.is_dir():
+        try:
+            if (roots and not _inside(p, roots)) or not p.is_dir():
+                out.append(p)  # outside, missing, unreadable or looping paths become items failed with a reason
+                continue
             found = p.rglob("*") if recursive else p.iterdir()
             out += sorted(f for f in found if f.is_file() and f.suffix.lower() in MEDIA_SUFFIXES)
-        else:
-            out.append(p)  # missing or unreadable paths still become items, failed with a reason
+        except (OSError, RuntimeError):  # a symlink loop, a name too long, a folder that cannot be listed
+            out.append(p)
     return out
 
 
@@ -98,10 +106,10 @@ class JobQueue:
             job = Job(kind=kind, status="queued")
             s.add(job)
             for i, raw in enumerate(paths):
-                name = filenames[i] if filenames else Path(raw).name
-                item = JobItem(path=str(raw), filename=name, status="queued", delete_after=delete_after)
+                name = shorten_name(display_name(filenames[i] if filenames else Path(raw).name))
+                item = JobItem(path=path_to_db(raw), filename=name, status="queued", delete_after=delete_after)
                 try:
-                    item.path = str(check_access(raw, allowed_roots))
+                    item.path = path_to_db(check_access(raw, allowed_roots))
                 except AccessError as exc:
                     item.status, item.error, item.error_kind = "failed", exc.reason, exc.kind
                 job.items.append(item)
@@ -192,14 +200,27 @@ class JobQueue:
             self._refresh_job(s, item.job)
             return item.status
 
+    def cancel_items_of(self, s: Session, video_id: int) -> int:
+        """In the caller's transaction (a deletion): unfinished items of this video are cancelled and their jobs
+        re-evaluated, so a job whose last item was the deleted video finishes. A worker still holding one loses
+        it at its commit point (``mark_done`` finds it no longer running)."""
+        items = list(s.scalars(select(JobItem).where(JobItem.video_id == video_id,
+                                                      JobItem.status.in_(("queued", "running")))))
+        for item in items:
+            item.status, item.stage, item.lease_until = "cancelled", "cancelled", None
+            item.error, item.error_kind = "cancelled: the video was deleted", "cancelled"
+        for job in {item.job for item in items}:
+            self._refresh_job(s, job)
+        return len(items)
+
     def _refresh_job(self, s: Session, job: Job) -> None:
         s.flush()
         counts = dict(s.execute(select(JobItem.status, func.count()).where(JobItem.job_id == job.id)
                                 .group_by(JobItem.status)).all())
         total = sum(counts.values())
-        finished = counts.get("done", 0) + counts.get("failed", 0)
-        if total and finished == total:
-            job.status = "failed" if counts.get("failed", 0) == total else "done"
+        finished = sum(counts.get(status, 0) for status in FINISHED_ITEM_STATUSES)
+        if total and finished == total:  # done if anything was indexed, else failed, else all were cancelled
+            job.status = "done" if counts.get("done") else "failed" if counts.get("failed") else "cancelled"
         elif counts.get("running", 0) or job.status == "running":  # running once a worker has started on it
             job.status = "running"
         else:
@@ -212,14 +233,15 @@ class JobQueue:
             job = s.get(Job, job_id)
             if job is None:
                 return None
-            items = [ItemOutcome(i.id, i.path, i.filename, i.status, i.video_id, i.error, i.error_kind, i.attempts,
-                                 i.stage, i.progress) for i in job.items]
-            count = {k: sum(1 for i in items if i.status == k) for k in ("done", "failed", "queued", "running")}
+            items = [ItemOutcome(i.id, display_stored_path(i.path), i.filename, i.status, i.video_id, i.error,
+                                 i.error_kind, i.attempts, i.stage, i.progress) for i in job.items]
+            count = {k: sum(1 for i in items if i.status == k)
+                     for k in ("done", "failed", "queued", "running", "cancelled")}
             total = len(items)
-            progress = (sum(1.0 if i.status in ("done", "failed") else i.progress for i in items) / total
+            progress = (sum(1.0 if i.status in FINISHED_ITEM_STATUSES else i.progress for i in items) / total
                         if total else 1.0)
             return JobSummary(job.id, job.kind, job.status, total, count["done"], count["failed"], count["queued"],
-                              count["running"], round(progress, 4), items)
+                              count["running"], count["cancelled"], round(progress, 4), items)
 
     def pending(self) -> int:
         """Items waiting or in progress (queue depth)."""
@@ -229,5 +251,10 @@ class JobQueue:
 
 
 def default_owner(worker_id: str | None = None) -> str:
-    """A stable worker id: restarting a worker under the same id reclaims what it held when it died."""
-    return worker_id or f"{os.uname().nodename}-worker"
+    """The given worker id, else one unique to this process (host, pid, a random part): two workers started the
+    same way on one host must never share claims, scratch folders or feature shards. A worker restarted under
+    a fixed id takes back what it held at once; items of a unique id come back when their lease expires."""
+    if worker_id:
+        return worker_id
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", os.uname().nodename)[:64].lstrip("-_.") or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"

@@ -19,6 +19,7 @@ import av
 import av.error
 
 from indexer.errors import AccessError, BadInputError
+from indexer.names import display_name
 from models.media import _fps_and_count
 
 __all__ = ["ProbeResult", "check_access", "probe"]
@@ -83,11 +84,12 @@ def check_access(path: str | Path, allowed_roots: Sequence[Path] | None) -> Path
         resolved = Path(os.path.realpath(given))
     except (OSError, RuntimeError) as e:  # symlink loops on some Python versions
         raise AccessError(f"cannot resolve {str(given)!r}: {e}", kind="not_found") from e
-    shown = repr(str(given)) if resolved == given else f"{str(given)!r} (resolves to {str(resolved)!r})"
+    given_text = repr(display_name(str(given)))
+    shown = given_text if resolved == given else f"{given_text} (resolves to {display_name(str(resolved))!r})"
     if allowed_roots and not _is_within(resolved, allowed_roots):
         roots = ", ".join(repr(str(r)) for r in allowed_roots)
-        raise AccessError(
-            f"{shown} is outside the allowed roots ({roots}); only files below them may be ingested",
+        raise AccessError(  # where a link outside the roots leads is none of the client's business
+            f"{given_text} is outside the allowed roots ({roots}); only files below them may be ingested",
             kind="outside_allowed_roots",
         )
     try:

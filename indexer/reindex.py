@@ -15,6 +15,7 @@ from .catalog import to_blob
 from .db import TEXT_REINDEX_NEEDED, Meta, Passage, Video
 from .decode import decode, pcm_memmap
 from .errors import IngestError
+from .names import path_from_db
 from .passages import embed_transcript
 from .text import normalize
 from .worker import Services, Worker
@@ -43,7 +44,7 @@ def reencode_stale(services: Services, batch: int = 8, worker_id: str = "reindex
         try:
             for v in videos:
                 try:
-                    decoded = decode(Path(v.source_path), work / str(v.id))
+                    decoded = decode(path_from_db(v.source_path), work / str(v.id))
                     pcm = pcm_memmap(decoded.audio_path) if decoded.audio_path is not None else None
                     inputs.append(worker._model_inputs(decoded, pcm, v.transcript))
                     keep.append(v)

@@ -57,7 +57,12 @@ class Settings:
     api_keys: list[str] = field(default_factory=list)  # plain keys from the environment (or hashed in the DB)
     read_requires_key: bool = False  # once keys exist, writes always need one; reads only if this is set
     media_url_ttl_s: int = 3600  # with read_requires_key: how long a signed thumbnail/media URL stays valid
+    upload_idle_timeout_s: float = 30.0  # an upload that sends nothing for this long is cut off (408)
+    upload_body_timeout_s: float = 3600.0  # and one that takes longer than this in all
     max_query_chars: int = 500
+    search_concurrency: int = 0  # searches running at once; 0: half the cores (the rest is left to ingest)
+    search_queue: int = 16  # searches waiting for a slot; more get a 503 with Retry-After
+    search_queue_timeout_s: float = 0.5  # the longest a search waits for a slot before its 503
     max_k: int = 100
     # jobs
     max_attempts: int = 3

@@ -35,11 +35,19 @@ from .encode import VisualEncoder
 from .errors import IngestError, TransientError
 from .jobs import JobQueue, default_owner
 from .migrate import init_db
+from .names import path_from_db, path_to_db
 from .passages import EmbeddedTranscript, embed_transcript
 from .probe import ProbeResult, check_access, probe
 from .settings import Settings
 from .store import FeatureStore
 from .transcripts import SentenceEncoder
+from .workdir import (
+    ORPHAN_GRACE_S,
+    claim_work_dir,
+    release_work_dir,
+    sweep_abandoned_work_dirs,
+    sweep_orphan_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +123,8 @@ class Services:
 
 
 class Worker:
+    orphan_grace_s = ORPHAN_GRACE_S
+
     def __init__(self, services: Services, owner: str | None = None) -> None:
         self.services = services
         self.settings = services.settings
@@ -122,6 +132,7 @@ class Worker:
         self.queue = JobQueue(services.sessions, self.settings.max_attempts, self.settings.lease_seconds,
                               self.settings.retry_backoff_s)
         self.work_dir = self.settings.home / "work" / self.owner
+        self._work_lock: int | None = None  # held from startup() on: this id is alive on this host
         model = services.encoder.model
         self.store = (FeatureStore(self.settings.features_dir, model.config.num_frames, model.config.embed_dim,
                                    owner=self.owner) if model is not None else None)
@@ -139,11 +150,19 @@ class Worker:
 
     # ------------------------------------------------------------------ lifecycle
     def startup(self) -> None:
-        """Take back what this worker id held when it died, and repair the indexes from the database."""
-        released = self.queue.release_own(self.owner)
+        """Claim this worker's scratch folder (refused if its id is alive elsewhere on this host), take back what
+        this exact id held when it died, sweep what dead workers left, and repair the indexes."""
+        work_root = self.settings.home / "work"
+        self.work_dir, self._work_lock = claim_work_dir(work_root, self.owner)
+        released = self.queue.release_own(self.owner)  # others' items come back only when their lease expires
         if released:
             log.info("requeued %d item(s) this worker held when it stopped", released)
-        shutil.rmtree(self.work_dir, ignore_errors=True)
+        abandoned = sweep_abandoned_work_dirs(work_root)
+        with self.services.sessions() as s:
+            referenced = list(s.scalars(select(Video.thumbnail_path).where(Video.thumbnail_path.is_not(None))))
+        orphans = sweep_orphan_files(self.thumbs, referenced, self.orphan_grace_s)
+        if abandoned or orphans:
+            log.info("removed %d dead worker folder(s) and %d unreferenced thumbnail(s)", abandoned, orphans)
         with self.services.sessions() as s:
             if s.get(Meta, TEXT_REINDEX_NEEDED) is not None:
                 log.warning("this collection was indexed before passages and normalised full text: transcripts are "
@@ -167,11 +186,20 @@ class Worker:
     def run(self, stop: threading.Event | None = None, poll_s: float = 1.0, exit_when_idle: bool = False) -> None:
         self.startup()
         stop = stop or threading.Event()
-        while not stop.is_set():
-            if self.run_once() == 0:
-                if exit_when_idle and self.queue.pending() == 0:
-                    return
-                stop.wait(poll_s)
+        try:
+            while not stop.is_set():
+                if self.run_once() == 0:
+                    if exit_when_idle and self.queue.pending() == 0:
+                        return
+                    stop.wait(poll_s)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """A clean exit: the scratch folder goes, and the id is free again."""
+        if self._work_lock is not None:
+            release_work_dir(self.work_dir, self._work_lock)
+            self._work_lock = None
 
     # ------------------------------------------------------------------ one batch
     def process(self, item_ids: list[int]) -> None:
@@ -275,7 +303,7 @@ class Worker:
         beat = self.queue.heartbeat
         beat(item_id, self.owner, stage="probe", progress=0.05)
         with self.timed("probe"):
-            path = check_access(item.path, None)
+            path = check_access(path_from_db(item.path), None)
             result = probe(path, settings.max_duration_s, settings.max_size_bytes)
             content_hash = hash_file(path)
         existing = self._existing_video(content_hash)
@@ -297,7 +325,7 @@ class Worker:
         beat(item_id, self.owner, stage="prepare", progress=0.7)
         with self.timed("inputs"):
             inputs = self._model_inputs(decoded, pcm, transcript.text)
-            thumb = save_thumbnail(decoded.thumbnail, self.thumbs / f"{content_hash}.jpg")
+            thumb = save_thumbnail(decoded.thumbnail, work / "thumbnail.jpg")  # moved into place at the commit
         with self.timed("sentences"):
             text = embed_transcript(self.services.sentences, [(s.start, s.end, s.text) for s in transcript.segments],
                                     settings.normalize_sentence_input)
@@ -320,11 +348,12 @@ class Worker:
         status = self.services.encoder.status()
         t = p.transcript
         sessions = self.services.sessions
+        thumbnail = self.thumbs / f"{p.content_hash}.jpg"
         try:
             with sessions.begin() as s:
-                fields = dict(content_hash=p.content_hash, filename=p.filename, source_path=str(p.path),
+                fields = dict(content_hash=p.content_hash, filename=p.filename, source_path=path_to_db(p.path),
                               size_bytes=p.probe.size_bytes, duration_s=p.probe.duration_s, width=p.probe.width,
-                              height=p.probe.height, has_audio=p.probe.has_audio, thumbnail_path=str(p.thumbnail),
+                              height=p.probe.height, has_audio=p.probe.has_audio, thumbnail_path=str(thumbnail),
                               transcript=t.text, language=t.language, language_probability=t.language_probability,
                               language_method=t.language_method or None,
                               language_decision=t.language_decision or None,
@@ -351,6 +380,7 @@ class Worker:
                 if not self.queue.mark_done(s, p.item_id, self.owner, video.id, p.content_hash):
                     raise TransientError("lost the claim on this item (lease expired); another worker redoes it")
                 video_id = video.id
+                publish_thumbnail(p.thumbnail, thumbnail)  # last before the commit; orphans: see indexer/workdir.py
         except IntegrityError:
             existing = self._existing_video(p.content_hash)
             if existing is None:
@@ -360,6 +390,12 @@ class Worker:
         log.info("indexed %s as video %s (%.1f s, %s, %d segments)", p.filename, video_id, p.probe.duration_s,
                  status.mode, len(t.segments))
         return video_id
+
+
+def publish_thumbnail(scratch: Path, final: Path) -> None:
+    """Move a thumbnail from the worker's scratch folder to where the video row says it is."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(scratch, final)
 
 
 def run_worker(settings: Settings, exit_when_idle: bool = False) -> None:

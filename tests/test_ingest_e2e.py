@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from indexer.asr_quality import corpus_wer
 from indexer.db import JobItem, Segment, Video
+from indexer.jobs import FINISHED_JOB_STATUSES
 from indexer.search import SearchService
 from indexer.settings import Settings
 from indexer.worker import Services, Worker
@@ -40,8 +41,11 @@ def _ingest(services: Services, paths: list[Path]) -> int:
     worker = Worker(services, owner="test-worker")
     job_id = worker.queue.enqueue("bulk", paths)
     worker.startup()
-    while worker.queue.summary(job_id).status not in ("done", "failed"):
-        assert worker.run_once() > 0 or worker.queue.pending() > 0
+    try:
+        while worker.queue.summary(job_id).status not in FINISHED_JOB_STATUSES:
+            assert worker.run_once() > 0 or worker.queue.pending() > 0
+    finally:
+        worker.shutdown()  # the next _ingest starts a worker under the same id
     return job_id
 
 

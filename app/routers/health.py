@@ -1,4 +1,6 @@
-"""Liveness, readiness (which model mode is loaded and why) and Prometheus metrics."""
+"""Liveness, readiness (which model mode is loaded and why) and Prometheus metrics.
+
+Only liveness is open to everyone; readiness and metrics follow the read rule (they show counts and modes)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from sqlalchemy import func, select
 
 from indexer.db import Video
 
-from ..deps import AppState
+from ..deps import ReadState
 from ..schemas import Health, Ready
 
 router = APIRouter(tags=["health"])
@@ -21,8 +23,7 @@ async def healthz() -> Health:  # async: liveness never waits behind searches in
 
 
 @router.get("/readyz", response_model=Ready)
-def readyz(request: Request) -> Ready:
-    state: AppState = request.app.state.save
+def readyz(state: ReadState) -> Ready:
     status = state.services.encoder.status()
     with state.services.sessions() as s:
         videos = s.scalar(select(func.count()).select_from(Video).where(Video.status == "indexed")) or 0
@@ -31,5 +32,5 @@ def readyz(request: Request) -> Ready:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def metrics(request: Request) -> PlainTextResponse:
+def metrics(request: Request, _: ReadState) -> PlainTextResponse:  # scrapers send the key like any reader
     return PlainTextResponse(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -15,6 +15,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"], responses=ERROR_RESPONSES)
 def job_out(summary: JobSummary) -> JobOut:
     return JobOut(job_id=summary.id, kind=summary.kind, status=summary.status, total=summary.total,
                   done=summary.done, failed=summary.failed, queued=summary.queued, running=summary.running,
+                  cancelled=summary.cancelled,
                   progress=summary.progress,
                   items=[JobItemOut(item_id=i.item_id, path=i.path, filename=i.filename, status=i.status,
                                     stage=i.stage, progress=i.progress, attempts=i.attempts, video_id=i.video_id,

@@ -8,11 +8,14 @@ import json
 
 from fastapi import APIRouter, HTTPException, Query
 
+from indexer.names import text_problem
 from indexer.search import SearchResult as Found
 from indexer.text import word_spans
 
 from ..deps import AppState, ReadState
-from ..schemas import ERROR_RESPONSES, Moment, SearchResponse, SearchResult
+from ..schemas import ERROR_RESPONSES, ErrorOut, Moment, SearchResponse, SearchResult
+
+MAX_PAGE_OFFSET = 1_000_000  # far past any candidate pool; keeps forged tokens' numbers in range
 
 router = APIRouter(prefix="/v1", tags=["search"], responses=ERROR_RESPONSES)
 
@@ -30,27 +33,30 @@ def decode_page_token(token: str, fingerprint: str) -> tuple[int, int]:
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         offset, as_of, fp = int(data["o"]), int(data["a"]), str(data["q"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # OverflowError: int(1e400)
         raise HTTPException(422, "page_token is not valid") from exc
-    if fp != fingerprint or offset < 0:
+    if not (0 <= offset <= MAX_PAGE_OFFSET and 0 <= as_of < 2**63):
+        raise HTTPException(422, "page_token is not valid")
+    if fp != fingerprint:
         raise HTTPException(422, "page_token belongs to another query (q, k and min_score must not change)")
     return offset, as_of
 
 
-def to_api(result: Found, query: str, state: AppState) -> SearchResult:
+def to_api(result: Found, query: str, state: AppState, content_hash: str) -> SearchResult:
     seg = result.segment
     return SearchResult(
         video_id=result.video_id, filename=result.filename, score=result.score, visual_score=result.visual_score,
         speech_score=result.speech_score, duration=result.duration, language=result.language,
-        thumbnail_url=state.media_url(result.video_id, "thumbnail"),
-        video_url=state.media_url(result.video_id, "media"),
+        thumbnail_url=state.media_url(result.video_id, "thumbnail", content_hash),
+        video_url=state.media_url(result.video_id, "media", content_hash),
         transcript=result.transcript,
         segment=None if seg is None else Moment(start=seg.start, end=seg.end, text=seg.text,
                                                 highlights=word_spans(seg.text, query)),
     )
 
 
-@router.get("/search", response_model=SearchResponse, summary="Search videos in plain language")
+@router.get("/search", response_model=SearchResponse, summary="Search videos in plain language",
+            responses={503: {"model": ErrorOut, "description": "Busy: retry after the Retry-After seconds"}})
 def search(
     state: ReadState,
     q: str = Query(min_length=1, max_length=500, description="What to look for; matched against what is seen "
@@ -61,13 +67,17 @@ def search(
 ) -> SearchResponse:
     if not q.strip():
         raise HTTPException(422, "the query is empty")
+    if problem := text_problem(q, "the query"):  # PostgreSQL text cannot hold NUL
+        raise HTTPException(422, problem)
     fingerprint = _query_fingerprint(q, k, min_score)
     offset, as_of = decode_page_token(page_token, fingerprint) if page_token else (0, None)
     try:
-        page = state.search.search(q, k=k, offset=offset, min_score=min_score, as_of=as_of)
+        with state.admission.admit():  # bounded CPU for searches: queue, then 503 (app/admission.py)
+            page = state.search.search(q, k=k, offset=offset, min_score=min_score, as_of=as_of)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from exc
     more = offset + len(page.results) < page.total_candidates
     token = encode_page_token(offset + len(page.results), page.as_of, fingerprint) if more else None
-    return SearchResponse(query=q, mode=page.mode, results=[to_api(r, q, state) for r in page.results],
-                          next_page_token=token)
+    hashes = state.content_hashes(r.video_id for r in page.results) if state.media_urls_signed() else {}
+    results = [to_api(r, q, state, hashes.get(r.video_id, "")) for r in page.results]
+    return SearchResponse(query=q, mode=page.mode, results=results, next_page_token=token)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import mimetypes
 from pathlib import Path
 
-from fastapi import APIRouter, File, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from indexer.db import Video
+from indexer.names import path_from_db
 
 from ..deps import AppState, MediaReadState, ReadState, WriteState
 from ..schemas import ERROR_RESPONSES, DbId, ErrorOut, SegmentOut, UploadAccepted, VideoOut
-from ..uploads import accept_upload, delete_video
+from ..uploads import accept_upload, delete_video, receive_upload
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"], responses=ERROR_RESPONSES)
 
@@ -25,7 +27,8 @@ def _video_out(state: AppState, v: Video) -> VideoOut:
         language_probability=v.language_probability, language_method=v.language_method,
         language_decision=v.language_decision, model_mode=v.model_mode, model_version=v.model_version,
         created_at=v.created_at.isoformat() + "Z",
-        thumbnail_url=state.media_url(v.id, "thumbnail"), video_url=state.media_url(v.id, "media"),
+        thumbnail_url=state.media_url(v.id, "thumbnail", v.content_hash),
+        video_url=state.media_url(v.id, "media", v.content_hash),
         transcript=v.transcript or "",
         segments=[SegmentOut(start=s.start_s, end=s.end_s, text=s.text) for s in v.segments],
     )
@@ -41,14 +44,20 @@ def _get(state: AppState, video_id: int) -> Video:
         return video
 
 
+# The body is read by ``receive_upload`` (after the key rules, with limits), not by FastAPI, so it is
+# documented here by hand.
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary", "description": "The video file."}}}}}}}
+
+
 @router.post("", status_code=202, response_model=UploadAccepted, summary="Upload a video for indexing",
-             responses={413: {"model": ErrorOut}, 415: {"model": ErrorOut}, 422: {"model": ErrorOut}})
-def upload(request: Request, state: WriteState,
-           file: UploadFile = File(description="The video file.")) -> UploadAccepted:
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > state.settings.max_size_bytes + 1024 * 1024:
-        raise HTTPException(413, f"the upload is larger than the maximum of {state.settings.max_size_bytes} bytes")
-    return accept_upload(state, file)
+             openapi_extra=UPLOAD_BODY,
+             responses={408: {"model": ErrorOut}, 413: {"model": ErrorOut}, 415: {"model": ErrorOut},
+                        422: {"model": ErrorOut}})
+async def upload(request: Request, state: WriteState) -> UploadAccepted:
+    received = await receive_upload(request, state.settings)
+    return await run_in_threadpool(accept_upload, state, received)
 
 
 @router.get("", response_model=list[VideoOut], summary="List videos, newest first")
@@ -65,21 +74,24 @@ def get_video(video_id: DbId, state: ReadState) -> VideoOut:
     return _video_out(state, _get(state, video_id))
 
 
+@router.head("/{video_id}/thumbnail", include_in_schema=False)
 @router.get("/{video_id}/thumbnail", response_class=FileResponse, responses={404: {"model": ErrorOut}})
 def thumbnail(video_id: DbId, state: MediaReadState) -> FileResponse:
     video = _get(state, video_id)
     if not video.thumbnail_path or not Path(video.thumbnail_path).is_file():
         raise HTTPException(404, "this video has no thumbnail yet")
     # Behind keys, shared caches must not keep a copy for others.
-    cache = "private, max-age=300" if state.media_urls_signed() else "public, max-age=86400"
+    cache = (f"private, max-age={min(300, state.settings.media_url_ttl_s)}" if state.media_urls_signed()
+             else "public, max-age=86400")
     return FileResponse(video.thumbnail_path, media_type="image/jpeg", headers={"Cache-Control": cache})
 
 
+@router.head("/{video_id}/media", include_in_schema=False)  # players ask for the size and type first
 @router.get("/{video_id}/media", response_class=FileResponse, responses={404: {"model": ErrorOut}},
             summary="The video file, with HTTP range requests (seekable playback)")
 def media(video_id: DbId, state: MediaReadState) -> FileResponse:
     video = _get(state, video_id)
-    path = Path(video.source_path)
+    path = path_from_db(video.source_path)
     if not path.is_file():
         raise HTTPException(404, "the media file of this video is no longer available")
     media_type = mimetypes.guess_type(video.filename)[0] or mimetypes.guess_type(path.name)[0] or "video/mp4"

@@ -354,6 +354,7 @@ async function pollJob(jobId, failures) {
     $("job-line").textContent = "Job " + jobId + ": done · indexed as video " + item.video_id + ".";
     return uploadFinished(true);
   }
+  if (job.status === "cancelled") return uploadFailed("The video was deleted before it was indexed.");
   if (job.status === "failed") {
     const why = item.error || "unknown reason";
     return uploadFailed("Indexing failed: " + why + (item.error_kind ? " (" + item.error_kind + ")" : ""));

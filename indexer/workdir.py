@@ -1,0 +1,86 @@
+"""Each worker's private scratch folder, and the start-up janitor for what dead workers left behind.
+
+A worker decodes into ``home/work/<worker id>/`` and holds an exclusive ``flock`` on ``<worker id>.lock`` next
+to it for as long as it lives. The lock is the proof of life on this host: a second process with the same id
+is refused (it would otherwise requeue and delete the first one's work), and a folder whose lock nobody holds
+belongs to a dead worker and is removed. Thumbnails are written into the scratch folder and moved into place
+just before the database commit; one moved by a worker killed before its commit is unreferenced, and the
+janitor deletes it once it is older than a grace period (a live worker commits within moments of the move).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOCK_SUFFIX = ".lock"
+ORPHAN_GRACE_S = 300.0  # an unreferenced thumbnail younger than this may belong to a commit in progress
+
+
+class WorkerIdInUse(RuntimeError):
+    """Another live process on this host already runs a worker under this id."""
+
+
+def claim_work_dir(root: Path, owner: str) -> tuple[Path, int]:
+    """The worker's scratch folder, emptied, and the descriptor of the lock that proves it alive (keep it open)."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / f"{owner}{LOCK_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WorkerIdInUse(f"a worker with id {owner!r} is already running on this host; every worker needs its "
+                            "own id (leave --worker-id out to get a unique one)") from None
+    work = root / owner
+    shutil.rmtree(work, ignore_errors=True)  # what this id's previous life left
+    work.mkdir()
+    return work, fd
+
+
+def release_work_dir(work: Path, lock_fd: int) -> None:
+    """At a clean exit: remove the scratch folder and its lock file, then let go of the lock."""
+    shutil.rmtree(work, ignore_errors=True)
+    Path(f"{work}{LOCK_SUFFIX}").unlink(missing_ok=True)
+    os.close(lock_fd)
+
+
+def sweep_abandoned_work_dirs(root: Path) -> int:
+    """Remove the scratch folders (and lock files) of workers that are no longer alive. Returns how many."""
+    removed = 0
+    for lock in root.glob(f"*{LOCK_SUFFIX}") if root.is_dir() else ():
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its worker is alive
+            shutil.rmtree(root / lock.name[: -len(LOCK_SUFFIX)], ignore_errors=True)
+            lock.unlink(missing_ok=True)
+            removed += 1
+        finally:
+            os.close(fd)
+    return removed
+
+
+def sweep_orphan_files(folder: Path, referenced: Iterable[str], grace_s: float = ORPHAN_GRACE_S) -> int:
+    """Delete files in ``folder`` that no database row refers to and that were put there more than ``grace_s``
+    ago (the change time: a rename into place sets it). Returns how many were deleted."""
+    keep = {os.path.abspath(p) for p in referenced}
+    cutoff = time.time() - grace_s
+    deleted = 0
+    for path in folder.iterdir() if folder.is_dir() else ():
+        try:
+            if not path.is_file() or os.path.abspath(path) in keep or path.stat().st_ctime > cutoff:
+                continue
+            path.unlink()
+            deleted += 1
+        except FileNotFoundError:
+            continue
+    return deleted
