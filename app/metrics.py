@@ -57,8 +57,8 @@ class IndexCollector:
     def collect(self) -> Iterator:
         vectors = GaugeMetricFamily("save_index_vectors", "Vectors in each search index, by model version",
                                     labels=["index", "model_version"])
-        for managed in (self.catalog.videos, self.catalog.segments):
-            if managed is not None and managed.index is not None:
+        for managed in self.catalog.indexes():
+            if managed.index is not None:
                 vectors.add_metric([managed.folder.name, managed.space or "none"], len(managed.index))
         yield vectors
 

@@ -145,10 +145,13 @@ class Catalog:
                        if model_version and video_dim else None)
         self.passages = ManagedIndex(index_dir / "passages", passage_dim, passage_space, index_type)
 
+    def indexes(self) -> list[ManagedIndex]:
+        """The indexes this catalog keeps (no video index in speech mode)."""
+        return [m for m in (self.videos, self.passages) if m is not None]
+
     def load(self) -> None:
-        if self.videos is not None:
-            self.videos.load()
-        self.passages.load()
+        for managed in self.indexes():
+            managed.load()
 
     def reload_if_changed(self) -> bool:
         changed = self.passages.reload_if_changed()

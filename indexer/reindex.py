@@ -71,9 +71,7 @@ def reencode_stale(services: Services, batch: int = 8, worker_id: str = "reindex
 def rebuild_indexes(services: Services) -> dict[str, int]:
     """Drop the published index snapshots and rebuild them from the database."""
     catalog = services.catalog
-    for managed in (catalog.videos, catalog.passages):
-        if managed is None:
-            continue
+    for managed in catalog.indexes():
         shutil.rmtree(managed.folder, ignore_errors=True)
         managed.load()
     catalog.sync_and_publish()

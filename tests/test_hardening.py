@@ -140,7 +140,7 @@ def test_metrics_series_do_not_grow_with_random_ids(client):
 
 def test_metrics_report_index_vectors_by_model_version(client):
     text = client.get("/metrics").text
-    assert 'save_index_vectors{index="segments",model_version="all-MiniLM-L6-v2"}' in text
+    assert 'save_index_vectors{index="passages",model_version="all-MiniLM-L6-v2/passages"}' in text
 
 
 # ---------------------------------------------------------------------------------------- 11: 500 keep-alive
