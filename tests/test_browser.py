@@ -205,7 +205,8 @@ def test_b_search_highlights_the_spoken_words(page, server, jfk_indexed):
     marks = card.locator(".moment mark").all_inner_texts()
     assert any(m.lower() == "country" for m in marks), marks
     moment = card.locator(".moment").inner_text()
-    assert "0:08" in moment and "country" in moment
+    # "ask what you can do for your country" starts 7-8 s in (clause pieces follow the words' own timings)
+    assert ("0:07" in moment or "0:08" in moment) and "country" in moment
     meta = card.locator(".meta").inner_text()
     assert "score" in meta and "speech" in meta and "0:11" in meta
     # The thumbnail loaded (it is the first frame, a real JPEG).
