@@ -70,7 +70,7 @@ DEFAULT_MIN_LANGUAGE_PROBABILITY = 0.9
 _CANDIDATE_FLOOR = 0.05
 _MAX_CANDIDATES = 3
 # Candidate decodes closer than this (mean log-probability per token) are a tie (measured, docs/asr-language.md).
-SWITCH_MARGIN = 0.5
+SWITCH_MARGIN = 1.0
 # Ties within that margin go to this language when it is a candidate (see choose_decode).
 PREFERRED_LANGUAGE = "en"
 # A trial decode reads the first window's segments, up to this much audio from the first one.
