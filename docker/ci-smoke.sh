@@ -17,7 +17,7 @@
 # Inputs (environment): SMOKE_MEDIA_DIR (default <clone>/../shared/data/media), SMOKE_PYTHON (a Python with
 # PyAV and numpy to make the clips; default <clone>/.venv/bin/python), SMOKE_KEEP_BASE_IMAGES=1 keeps the
 # Debian/Python/PostgreSQL base images for the next run, SMOKE_SKIP_COMPOSE=1 stops after the single
-# container. Everything it makes (containers, volumes, network, images) is removed on exit, pass or fail.
+# container, SMOKE_GPU_BUILD=1 also builds docker/Dockerfile.gpu to its end (no GPU needed; several GB). Everything it makes (containers, volumes, network, images) is removed on exit, pass or fail.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -68,7 +68,7 @@ cleanup() {
   fi
   docker ps -aq --filter "name=$RUN_ID" | xargs -r docker rm -f >/dev/null 2>&1
   docker volume ls -q --filter "name=$RUN_ID" | xargs -r docker volume rm -f >/dev/null 2>&1
-  docker rmi -f "$TAG" >/dev/null 2>&1
+  docker rmi -f "$TAG" "$TAG-gpu" >/dev/null 2>&1
   if [ "${SMOKE_KEEP_BASE_IMAGES:-0}" != 1 ]; then
     docker rmi -f "$BASE_POSTGRES" "$BASE_PYTHON" "$BASE_DEBIAN" >/dev/null 2>&1
   fi
@@ -276,4 +276,32 @@ for c in $(compose ps -a -q api worker); do
   [ "$code" = 0 ] || fail "$(docker inspect -f '{{.Name}}' "$c") exited $code on stop, expected 0"
 done
 log "api and workers exited 0 on stop"
+compose down -v --remove-orphans >/dev/null 2>&1 && COMPOSE_UP=0
+
+# --------------------------------------------------------------------------- GPU image (build only)
+# No GPU here: the image is built to its end and its CUDA libraries are checked to load (docker/gpu-smoke.sh
+# runs it on a GPU host). Several GB of CUDA wheels: on when SMOKE_GPU_BUILD=1.
+if [ "${SMOKE_GPU_BUILD:-0}" = 1 ]; then
+  GPU_TAG=$TAG-gpu
+  build_gpu() {
+    docker build --network host -f docker/Dockerfile.gpu --build-arg "PYTHON_IMAGE=$BASE_PYTHON" -t "$GPU_TAG" . \
+      >"$WORK/build-gpu.log" 2>&1 || { tail -n 40 "$WORK/build-gpu.log"; return 1; }
+  }
+  log "building the GPU image (legacy builder): docker build -f docker/Dockerfile.gpu -t $GPU_TAG ."
+  timed build_gpu build_gpu || fail "docker build -f docker/Dockerfile.gpu failed (log tail above)"
+  size=$(docker image inspect -f '{{.Size}}' "$GPU_TAG")
+  log "GPU image: $((size / 1000000)) MB"
+  echo "gpu_image_mb $((size / 1000000))" >>"$WORK/times"
+  docker run --rm --network none --entrypoint python "$GPU_TAG" -c '
+import ctypes, ctranslate2, faiss, torch
+print("torch", torch.__version__, "built for CUDA", torch.version.cuda)
+assert torch.version.cuda, "torch is a CPU build"
+assert hasattr(faiss, "StandardGpuResources"), "faiss has no GPU support"
+for lib in ("libcublas.so.12", "libcublasLt.so.12", "libcudart.so.12"):
+    ctypes.CDLL(lib)  # what CTranslate2 and faiss-gpu-cu12 load at run time, found through LD_LIBRARY_PATH
+print("ctranslate2", ctranslate2.__version__, "faiss", faiss.__version__, "CUDA 12 libraries load")
+' || fail "the GPU image's CUDA libraries do not load"
+  docker run --rm --network none "$GPU_TAG" --help >/dev/null || fail "save-search --help in the GPU image"
+  docker rmi -f "$GPU_TAG" >/dev/null
+fi
 log "times: $(tr '\n' ' ' <"$WORK/times")"
