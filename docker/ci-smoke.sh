@@ -69,6 +69,7 @@ cleanup() {
   fi
   docker ps -aq --filter "name=$RUN_ID" | xargs -r docker rm -f >/dev/null 2>&1
   docker volume ls -q --filter "name=$RUN_ID" | xargs -r docker volume rm -f >/dev/null 2>&1
+  docker network ls -q --filter "name=$RUN_ID" | xargs -r docker network rm >/dev/null 2>&1
   docker rmi -f "$TAG" "$TAG-gpu" >/dev/null 2>&1
   if [ "${SMOKE_KEEP_BASE_IMAGES:-0}" != 1 ]; then
     docker rmi -f "$BASE_POSTGRES" "$BASE_PYTHON" "$BASE_DEBIAN" >/dev/null 2>&1

@@ -760,6 +760,9 @@ def test_ci_runs_the_docker_smoke() -> None:
     text = script.read_text(encoding="utf-8")
     assert "trap cleanup EXIT" in text and "set -euo pipefail" in text
     assert "docker build --network host -f docker/Dockerfile " in text
+    assert "docker build --network host -f docker/Dockerfile.gpu " in text  # built to its end, no GPU needed
+    assert (DOCKER / "gpu-smoke.sh").is_file() and os.access(DOCKER / "gpu-smoke.sh", os.X_OK)
+    subprocess.run(["bash", "-n", str(DOCKER / "gpu-smoke.sh")], check=True, timeout=30)
     assert 'docker compose -p "$RUN_ID" -f docker/compose.yaml' in text
     assert "DOCKER_BUILDKIT=0" in text, "CI builds with the legacy builder (what Debian's docker.io has)"
     # every helper it calls exists, and the media come from the shared folder beside the clone
