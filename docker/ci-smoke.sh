@@ -75,9 +75,16 @@ cleanup() {
     docker rmi -f "$BASE_POSTGRES" "$BASE_PYTHON" "$BASE_DEBIAN" >/dev/null 2>&1
   fi
   # Untagged images this run left (the legacy builder keeps every stage's image as cache).
-  if [ -s "$WORK/images-before" ]; then
-    docker images -aq --no-trunc | sort -u >"$WORK/images-after"
-    comm -13 "$WORK/images-before" "$WORK/images-after" | xargs -r docker rmi -f >/dev/null 2>&1
+  # An image with children cannot be removed, so pass again until none is left (a removed leaf takes its
+  # untagged parents with it).
+  if [ -f "$WORK/images-before" ]; then
+    for _ in $(seq 1 30); do
+      docker images -aq --no-trunc | sort -u >"$WORK/images-after"
+      comm -13 "$WORK/images-before" "$WORK/images-after" >"$WORK/images-left"
+      [ -s "$WORK/images-left" ] || break
+      xargs -r -n 1 docker rmi -f <"$WORK/images-left" >/dev/null 2>&1
+    done
+    [ -s "$WORK/images-left" ] && log "WARNING: $(wc -l <"$WORK/images-left") image(s) of this run could not be removed"
   fi
   [ -n "$HTTP_PID" ] && kill "$HTTP_PID" 2>/dev/null
   rm -rf "$WORK"
