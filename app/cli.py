@@ -459,6 +459,8 @@ def serve(
 ) -> None:
     """Start the search API and web page (with an embedded ingest worker unless --no-worker)."""
     _setup_logging()
+    import signal
+
     import uvicorn
 
     from app.admission import limit_api_threads
@@ -467,7 +469,15 @@ def serve(
     settings = _settings(database_url, model)
     if no_worker:
         limit_api_threads(settings)
+    # SIGTERM (docker stop, Kubernetes, systemd) is a normal shutdown: exit 0. uvicorn shuts down gracefully
+    # on it, then restores the handler it found and raises the signal again; with Python's default handler
+    # that kills the process by SIGTERM (exit 143 under an init), which reads as a failure.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     uvicorn.run(create_app(settings, embedded_worker=not no_worker), host=host, port=port, log_level="info")
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 api_key_app = typer.Typer(help="API keys (stored hashed in the database).", no_args_is_help=True)

@@ -1,10 +1,11 @@
 """Static checks of the container files: docker/Dockerfile, docker/Dockerfile.gpu, docker/compose.yaml,
-docker/compose.gpu.yaml and .dockerignore.
+docker/compose.gpu.yaml, .dockerignore and the CI smoke scripts (docker/ci-smoke.sh, docker/ci/).
 
-No Docker engine is needed (and none exists on the development machines): the files are parsed and checked
-against the code they run (the `save-search` commands and their options, the FastAPI routes, the settings,
-the migrations, the packages the code imports). `docker compose config` and hadolint run too where they are
-installed, and are skipped otherwise. docs/deployment.md says what this does not cover.
+No Docker engine is needed: the files are parsed and checked against the code they run (the `save-search`
+commands and their options, the FastAPI routes, the settings, the migrations, the packages the code imports).
+`docker compose config` and hadolint run too where they are installed, and are skipped otherwise. The images
+themselves are built and run by docker/ci-smoke.sh, which .ci/run calls after these tests;
+docs/deployment.md says what each covers.
 """
 
 from __future__ import annotations
@@ -138,6 +139,14 @@ def exec_form(ins: Instruction) -> list[str]:
     value = json.loads(ins.args)
     assert isinstance(value, list) and all(isinstance(x, str) for x in value), f"line {ins.line}: not exec form"
     return value
+
+
+def install_stage(df: Dockerfile) -> Stage:
+    """The stage that installs torch, the dependencies and the project: `builder` in the CPU image (its
+    runtime stage copies the results), the runtime stage itself in the GPU image (whose GBs of CUDA wheels
+    would otherwise be held twice while building)."""
+    names = {s.name for s in df.stages}
+    return df.stage("builder" if "builder" in names else "runtime-base")
 
 
 def copy_sources(ins: Instruction) -> tuple[dict[str, str], list[str]]:
@@ -299,7 +308,7 @@ def test_dockerfile_copies_the_repo_layout_migrate_py_needs(dockerfile: Dockerfi
     from indexer.migrate import ALEMBIC_DIR
 
     assert ALEMBIC_DIR == ROOT / "alembic" and (ALEMBIC_DIR / "env.py").is_file()
-    builder = dockerfile.stage("builder")
+    builder = install_stage(dockerfile)
     dests: dict[str, str] = {}
     workdir = "/"
     for ins in builder.instructions:
@@ -378,67 +387,101 @@ def test_dockerfile_data_cache_and_whisper_layout(dockerfile: Dockerfile, bake: 
     volumes = [v for ins in final.all("VOLUME") for v in json.loads(ins.args)]
     assert set(volumes) == {"/data", "/cache/huggingface"}
     copies = [shlex.split(i.args) for st in chain for i in st.all("COPY")]
-    # the bundled Whisper base is joined at build time into a folder the runtime stage copies
-    runs = " ".join(i.args for i in dockerfile.stage("builder").all("RUN"))
+    installer = install_stage(dockerfile)
+    in_chain = installer in chain
+    # the bundled Whisper base is joined at build time into a folder the runtime stage has (copies)
+    runs = " ".join(i.args for i in installer.all("RUN"))
     joined = re.findall(r"bundled_whisper_dir\(Path\('([^']+)'\)\)", runs)
     assert joined, "the bundled Whisper base must be joined at build time"
-    assert any(c[0] == "--from=builder" and joined[0].startswith(c[1]) for c in copies)
+    assert in_chain or any(c[0] == "--from=builder" and joined[0].startswith(c[1]) for c in copies)
     if dockerfile.path.name == "Dockerfile":
         assert env["SAVE_SEARCH_WHISPER_MODEL"] == joined[0]
     else:
         assert env["SAVE_SEARCH_WHISPER_MODEL"] == "large-v3" and env["SAVE_SEARCH_DEVICE"] == "cuda"
     unknown = {k for k in env if k.startswith("SAVE_SEARCH_")} - settings_env_names()
     assert not unknown, f"not settings (indexer/settings.py): {unknown}"
-    from_models = [c for c in copies if c[0] == "--from=models" or (c[0].startswith("--") and "--from=models" in c)]
+    # the baking step writes into its own hub cache, which the runtime has (or copies, owned by the app user)
+    baked_into = re.findall(r"HF_HUB_CACHE=(\S+)", runs)
+    assert baked_into, "the baking step must say where the weights go (HF_HUB_CACHE=...)"
+    hub = baked_into[0]
+    assert in_chain or any(c[-2:] == [hub, hub] and f"--chown={APP_USER}:{APP_USER}" in c for c in copies)
     if bake == "0":
-        assert not from_models, "BAKE_MODELS=0 must not copy (and so not build) the download stage"
         assert "HF_HUB_CACHE" not in env and env.get("HF_HUB_OFFLINE", "0") == "0"
     else:
         # baked weights: their own hub cache, outside every volume (a mounted volume would hide them), offline
-        hub = env["HF_HUB_CACHE"]
+        assert env["HF_HUB_CACHE"] == hub
         assert not any(hub == v or hub.startswith(v + "/") for v in volumes), hub
         assert env["HF_HUB_OFFLINE"] == "1"
-        assert any(c[-2:] == [hub, hub] for c in from_models), "runtime-1 must copy the baked hub cache"
-        assert dockerfile.env(dockerfile.stage("models"))["HF_HUB_CACHE"] == hub
 
 
 def test_dockerfile_model_baking_stages(dockerfile: Dockerfile) -> None:
+    """The legacy builder (Debian's docker.io has no buildx) builds EVERY stage, whatever the final one needs:
+    the download must be a step that runs only with BAKE_MODELS=1, and the stages picked by BAKE_MODELS
+    (runtime-0, runtime-1) only set variables."""
     from models.config import get_config
 
     assert dockerfile.global_args.get("BAKE_MODELS") == "0"
-    names = {s.name for s in dockerfile.stages}
-    assert {"builder", "models", "runtime-base", "runtime-0", "runtime-1", "runtime"} <= names
+    names = [s.name for s in dockerfile.stages]
+    assert "models" not in names, "a download stage would run with BAKE_MODELS=0 under the legacy builder"
+    assert {"runtime-base", "runtime-0", "runtime-1", "runtime"} <= set(names)
+    assert set(names) <= {"builder", "runtime-base", "runtime-0", "runtime-1", "runtime"}
     assert dockerfile.final.name == "runtime" and dockerfile.final.base == "runtime-${BAKE_MODELS}"
-    baked = dockerfile.stage("models")
-    assert baked.base == "builder"
-    run = " ".join(i.args for i in baked.all("RUN"))
-    assert "CLIPModel.from_pretrained" in run and "ASTModel.from_pretrained" in run
+    for name in ("runtime-0", "runtime-1"):
+        stage = dockerfile.stage(name)
+        assert stage.base == "runtime-base"
+        assert {i.cmd for i in stage.instructions} <= {"ENV", "LABEL"}, f"{name} must be metadata only"
+    installer = install_stage(dockerfile)
+    downloads = [i for st in dockerfile.stages for i in st.all("RUN")
+                 if "from_pretrained" in i.args or "download_model" in i.args]
+    assert len(downloads) == 1 and downloads[0] in installer.instructions
+    run = downloads[0].args
+    assert "ARG BAKE_MODELS" in [f"{i.cmd} {i.args}" for i in installer.instructions], \
+        "the stage must declare BAKE_MODELS to see its value"
+    branches = re.split(r"\s(\S+)\)\s", run.split('case "$BAKE_MODELS" in', 1)[1])
+    cases = dict(zip(branches[1::2], branches[2::2], strict=True))
+    assert set(cases) == {"0", "1", "*"}, cases
+    assert "from_pretrained" not in cases["0"] and "exit 1" in cases["*"]
+    assert "CLIPModel.from_pretrained" in cases["1"] and "ASTModel.from_pretrained" in cases["1"]
     cfg = get_config("save-b32")
-    assert dockerfile.arg_default(baked, "CLIP_MODEL") == cfg.clip.source
-    assert dockerfile.arg_default(baked, "AST_MODEL") == cfg.audio.source
+    assert dockerfile.arg_default(installer, "CLIP_MODEL") == cfg.clip.source
+    assert dockerfile.arg_default(installer, "AST_MODEL") == cfg.audio.source
     if dockerfile.path.name == "Dockerfile.gpu":
-        assert dockerfile.arg_default(baked, "WHISPER_MODEL") == "large-v3" and "download_model" in run
+        assert dockerfile.arg_default(installer, "WHISPER_MODEL") == "large-v3" and "download_model" in cases["1"]
 
 
 def test_dockerfile_base_images_and_torch(dockerfile: Dockerfile) -> None:
+    """Both images start from any Debian-based Python 3.11 image (PYTHON_IMAGE), and no stage from anything
+    else: the GPU image has no CUDA base image (CUDA comes from pip wheels)."""
     install_sh = (ROOT / "install.sh").read_text(encoding="utf-8")
     torch_spec = re.search(r"TORCH_SPEC=\$\{TORCH_SPEC:-([^}]+)\}", install_sh).group(1)
-    builder = dockerfile.stage("builder")
-    assert dockerfile.arg_default(builder, "TORCH_SPEC") == torch_spec
-    runs = " ".join(i.args for i in builder.all("RUN"))
+    assert dockerfile.global_args["PYTHON_IMAGE"] == "python:3.11-slim-bookworm"
+    names = {s.name for s in dockerfile.stages}
+    for stage in dockerfile.stages:
+        assert stage.base == "${PYTHON_IMAGE}" or stage.base in names or stage.base == "runtime-${BAKE_MODELS}", \
+            f"{stage.name}: FROM {stage.base}"
+    installer = install_stage(dockerfile)
+    assert dockerfile.arg_default(installer, "TORCH_SPEC") == torch_spec
+    runs = " ".join(i.args for i in installer.all("RUN"))
+    # torch: from a folder of wheels (its dependencies from PyPI), an index (which serves them too), or PyPI
+    assert dockerfile.arg_default(installer, "TORCH_FIND_LINKS") == ""
+    assert 'pip install "$TORCH_SPEC" --find-links "$TORCH_FIND_LINKS"' in runs
+    assert 'pip install "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL"' in runs
+    assert runs.index("$TORCH_SPEC") < runs.index("pip install -r /tmp/requirements.txt")
     if dockerfile.path.name == "Dockerfile":
         assert dockerfile.expand(dockerfile.stage("runtime-base").base) == "python:3.11-slim-bookworm"
-        assert dockerfile.expand(builder.base) == "python:3.11-slim-bookworm"
-        assert dockerfile.arg_default(builder, "TORCH_INDEX_URL") == "https://download.pytorch.org/whl/cpu"
+        assert dockerfile.arg_default(installer, "TORCH_INDEX_URL") == "https://download.pytorch.org/whl/cpu"
     else:
-        base = dockerfile.expand(dockerfile.stage("base").base)
-        assert re.fullmatch(r"nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu22\.04", base), base
-        assert "python3.11" in " ".join(i.args for i in dockerfile.stage("base").all("RUN"))
-        assert dockerfile.stage("runtime-base").base == "base"
+        assert installer.name == "runtime-base" and "builder" not in names
+        assert dockerfile.arg_default(installer, "TORCH_INDEX_URL") == ""  # PyPI's default (CUDA) wheel
         # the gpu extra replaces faiss-cpu (both install the same `faiss` folder)
         assert any(r.startswith("faiss-gpu-cu12") for r in pyproject()["project"]["optional-dependencies"]["gpu"])
         assert runs.index("pip uninstall -y faiss-cpu") < runs.index("pip install -r /tmp/requirements-gpu.txt")
         assert "['optional-dependencies']['gpu']" in runs
+        # CTranslate2's CUDA 12 cuBLAS from its wheel, found through LD_LIBRARY_PATH (it dlopens it by name)
+        assert "nvidia-cublas-cu12" in runs
+        env = dockerfile.env(installer)
+        assert "/opt/venv/lib/python3.11/site-packages/nvidia/cublas/lib" in env["LD_LIBRARY_PATH"].split(":")
+        assert "nvidia-smi" not in dockerfile.path.read_text(encoding="utf-8").split("HEALTHCHECK", 1)[1]
 
 
 def _distribution_closure(requirements: list[str]) -> set[str]:
@@ -509,7 +552,7 @@ def test_cpu_image_installs_everything_the_code_imports() -> None:
     assert not missing, f"imported but not installed in the image (module: first file): {missing}"
     # and the GPU image installs the same extras
     gpu = parse_dockerfile(DOCKERFILES["gpu"])
-    assert gpu.arg_default(gpu.stage("builder"), "EXTRA_PACKAGES") == df.arg_default(builder, "EXTRA_PACKAGES")
+    assert gpu.arg_default(install_stage(gpu), "EXTRA_PACKAGES") == df.arg_default(builder, "EXTRA_PACKAGES")
 
 
 def test_dockerignore_keeps_the_context_small_and_complete() -> None:
@@ -553,6 +596,9 @@ def test_compose_services_and_dependencies(compose: dict) -> None:
     assert services["migrate"]["restart"] == "no"
     assert "pg_isready" in " ".join(services["db"]["healthcheck"]["test"])
     assert services["db"]["image"].startswith("postgres:16")
+    # any image that behaves like the official one (CI: a Debian-built stand-in, docker/ci/postgres.Dockerfile)
+    other = load_compose(COMPOSE, {"POSTGRES_IMAGE": "save-search-ci/postgres:bookworm"})
+    assert other["services"]["db"]["image"] == "save-search-ci/postgres:bookworm"
 
 
 def test_compose_volumes_are_declared_and_shared(compose: dict) -> None:
@@ -642,6 +688,12 @@ def test_compose_environment(compose: dict) -> None:
             db_env["POSTGRES_USER"], db_env["POSTGRES_PASSWORD"], db_env["POSTGRES_DB"])
         assert svc["build"]["dockerfile"] == "docker/Dockerfile"
         assert (DOCKER / svc["build"]["context"] / svc["build"]["dockerfile"]).resolve() == DOCKERFILES["cpu"]
+    # the build arguments reach the Dockerfile, with its own defaults
+    df = parse_dockerfile(DOCKERFILES["cpu"])
+    args = services["api"]["build"]["args"]
+    assert {"PYTHON_IMAGE", "TORCH_SPEC", "TORCH_INDEX_URL", "TORCH_FIND_LINKS", "BAKE_MODELS"} <= set(args)
+    for name, value in args.items():
+        assert df.arg_default(install_stage(df), name) == value, f"build arg {name}: {value!r}"
 
 
 def test_compose_gpu_override(compose: dict) -> None:
@@ -697,7 +749,65 @@ def test_docker_compose_config(files: list[Path]) -> None:
         assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
 
 
-# ------------------------------------------------------------------------ the migrate one-shot, for real
+# ------------------------------------------------------------------------------- the CI smoke scripts
+def test_ci_runs_the_docker_smoke() -> None:
+    """.ci/run builds and runs the images (docker/ci-smoke.sh), with the documented commands."""
+    run = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert re.search(r"^docker/ci-smoke\.sh$", run, re.M), ".ci/run must call docker/ci-smoke.sh"
+    script = DOCKER / "ci-smoke.sh"
+    assert os.access(script, os.X_OK)
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
+    text = script.read_text(encoding="utf-8")
+    assert "trap cleanup EXIT" in text and "set -euo pipefail" in text
+    assert "docker build --network host -f docker/Dockerfile " in text
+    assert "docker build --network host -f docker/Dockerfile.gpu " in text  # built to its end, no GPU needed
+    assert (DOCKER / "gpu-smoke.sh").is_file() and os.access(DOCKER / "gpu-smoke.sh", os.X_OK)
+    subprocess.run(["bash", "-n", str(DOCKER / "gpu-smoke.sh")], check=True, timeout=30)
+    assert 'docker compose -p "$RUN_ID" -f docker/compose.yaml' in text
+    assert "DOCKER_BUILDKIT=0" in text, "CI builds with the legacy builder (what Debian's docker.io has)"
+    # every helper it calls exists, and the media come from the shared folder beside the clone
+    for helper in re.findall(r"docker/ci/[\w.-]+", text):
+        assert (ROOT / helper).is_file(), helper
+    assert '$(dirname "$REPO")/shared/data/media' in text
+    # it fails when no engine can be had under CI, and skips only outside CI
+    assert re.search(r'if \[ -n "\$\{CI:-\}" \]; then fail', text)
+
+
+def test_ci_postgres_stand_in_honours_what_compose_uses(compose: dict) -> None:
+    db = compose["services"]["db"]
+    entrypoint = (DOCKER / "ci" / "postgres-entrypoint.sh").read_text(encoding="utf-8")
+    for var in db["environment"]:
+        assert f"${{{var}" in entrypoint, f"the PostgreSQL stand-in ignores {var}"
+    pg = parse_dockerfile(DOCKER / "ci" / "postgres.Dockerfile")
+    volumes = [v for ins in pg.final.all("VOLUME") for v in json.loads(ins.args)]
+    targets = [v.split(":")[1] for v in db["volumes"]]
+    assert volumes == targets == ["/var/lib/postgresql/data"]
+    assert pg.env(pg.final)["PGDATA"] == volumes[0]
+    assert "pg_isready" in " ".join(db["healthcheck"]["test"])  # shipped by Debian's postgresql package
+    assert "listen_addresses='*'" in entrypoint and "scram-sha-256" in entrypoint
+    py = parse_dockerfile(DOCKER / "ci" / "python.Dockerfile")
+    runs = " ".join(i.args for i in py.final.all("RUN"))
+    assert "python3-venv" in runs and "/usr/local/bin/python" in runs
+
+
+def test_ci_clips_come_from_real_recordings() -> None:
+    sys.path.insert(0, str(DOCKER / "ci"))
+    try:
+        import make_clips
+    finally:
+        sys.path.pop(0)
+    from tests.media_fixtures import MEDIA
+
+    if not MEDIA.is_dir():
+        pytest.skip(f"no shared media at {MEDIA}")
+    clips = [make_clips.SINGLE, *make_clips.BULK]
+    for src, name, query in clips:
+        assert (MEDIA / "speech" / src).is_file(), src
+        assert name.endswith(".mp4") and len(query.split()) >= 4
+    assert len({c[1] for c in clips}) == len(clips) and len(make_clips.BULK) >= 2  # two workers get items
+
+
+
 def test_compose_migrate_entrypoint_migrates_postgres(compose: dict) -> None:
     """Runs the migrate service's exact entrypoint against a fresh PostgreSQL database (skipped without a
     server, as the other PostgreSQL tests are)."""
