@@ -248,7 +248,8 @@ def test_c_play_from_the_matching_moment(page, server, jfk_indexed):
     # The full transcript is listed; each segment seeks the video.
     segments = page.locator("#transcript button.segment")
     segments.nth(1).wait_for()  # the transcript loads on its own request, after the video
-    assert segments.count() == 2
+    listed = httpx.get(f"{server}/v1/videos/{jfk_indexed}").json()["segments"]
+    assert segments.count() == len(listed) >= 2  # Whisper's segments, cut at clauses
     assert "fellow Americans" in segments.nth(0).inner_text()
     page.wait_for_timeout(700)  # let it play a little for the screenshot
     shot(page, "c1-player")

@@ -406,8 +406,12 @@ def test_best_passage_per_video(session: Session) -> None:
     assert set(scores) == {a.id, b.id}
     pid = {(p.video_id, p.first_idx, p.last_idx): p.id for p in session.scalars(select(Passage))}
     assert scores[a.id][0] == pytest.approx(0.9, abs=1e-3)  # the whole transcript scores the video...
-    assert scores[a.id][1] == pid[(a.id, 1, 2)]  # ...the best window is the moment
-    assert scores[b.id][1] == pid[(b.id, 0, 0)]  # equal scores: the earliest, then the shortest
+    assert scores[a.id][1] == pid[(a.id, 1, 1)]  # ...the best single segment is the moment (the default)
+    assert scores[b.id][1] == pid[(b.id, 0, 0)]  # equal scores: the earliest
+    windows = _Stub(Ranking(lexical="none", moment="passage")).service._speech_scores(session, [a.id, b.id], "q",
+                                                                                       query, {})
+    assert windows[a.id] == (pytest.approx(0.9, abs=1e-3), pid[(a.id, 1, 2)])  # the best window, never (0, 3)
+    assert windows[b.id][1] == pid[(b.id, 0, 0)]  # equal scores: the earliest, then the shortest
     only_segments = _Stub(Ranking(lexical="none", passages=False)).service
     scores = only_segments._speech_scores(session, [a.id], "q", query, {})
     assert scores[a.id] == (pytest.approx(0.6, abs=1e-3), pid[(a.id, 1, 1)])
