@@ -34,6 +34,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from .locks import try_lock
+
 log = logging.getLogger(__name__)
 
 # ====================================================================== feature store
@@ -205,11 +207,8 @@ class FeatureStore:
     def _acquire_owner(self) -> None:
         if self._owner_fd is not None:
             return
-        fd = os.open(self.root / f".{self.owner}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = try_lock(self.root / f".{self.owner}.lock")
+        if fd is None:
             raise FeatureStoreError(f"owner {self.owner!r} is already writing to {self.root} in another "
                                     "process; every writer needs its own owner name") from None
         self._owner_fd = fd

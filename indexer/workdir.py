@@ -10,13 +10,14 @@ janitor deletes it once it is older than a grace period (a live worker commits w
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
+
+from .locks import try_lock
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,8 @@ class WorkerIdInUse(RuntimeError):
 def claim_work_dir(root: Path, owner: str) -> tuple[Path, int]:
     """The worker's scratch folder, emptied, and the descriptor of the lock that proves it alive (keep it open)."""
     root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / f"{owner}{LOCK_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+    fd = try_lock(root / f"{owner}{LOCK_SUFFIX}")
+    if fd is None:
         raise WorkerIdInUse(f"a worker with id {owner!r} is already running on this host; every worker needs its "
                             "own id (leave --worker-id out to get a unique one)") from None
     work = root / owner
@@ -55,12 +53,10 @@ def sweep_abandoned_work_dirs(root: Path) -> int:
     """Remove the scratch folders (and lock files) of workers that are no longer alive. Returns how many."""
     removed = 0
     for lock in root.glob(f"*{LOCK_SUFFIX}") if root.is_dir() else ():
-        fd = os.open(lock, os.O_RDWR)
+        fd = try_lock(lock, create=False)
+        if fd is None:
+            continue  # its worker is alive
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its worker is alive
             shutil.rmtree(root / lock.name[: -len(LOCK_SUFFIX)], ignore_errors=True)
             lock.unlink(missing_ok=True)
             removed += 1
