@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -38,14 +37,13 @@ from sqlalchemy import func, select
 from .db import Passage, Segment, Video
 from .passages import MAX_WINDOW, embed
 from .store import FeatureRef, FeatureStoreError
-from .text import content_terms, stem, stems
+from .text import content_terms, stem, stems, words
 from .transcripts import document_frequencies, search_segments
 from .worker import Services
 
 log = logging.getLogger(__name__)
 
 PASSAGES_PER_CANDIDATE = 8  # passage index hits asked for per wanted speech candidate (a video has many)
-_WORD_CHARS = re.compile(r"[^\W_]+")
 IDF_TTL_S = 60.0  # document frequencies are cached this long (they move slowly as videos arrive)
 
 
@@ -391,11 +389,11 @@ class SearchService:
     def _coverage(self, s, video_ids: list[int], query: str, vids: np.ndarray, first: np.ndarray,
                   last: np.ndarray) -> np.ndarray:
         """Per passage: the IDF-weighted share of the query's content words (normalised, stemmed) it says."""
-        words = content_terms(query)
-        if not words:
+        query_words = content_terms(query)
+        if not query_words:
             return np.zeros(len(vids))
-        wanted = [stem(w) for w in words]
-        idf = self._idf(s, words)
+        wanted = [stem(w) for w in query_words]
+        idf = self._idf(s, query_words)
         if idf.sum() <= 0:
             return np.zeros(len(vids))
         weights = idf / idf.sum()
@@ -405,7 +403,7 @@ class SearchService:
                                         .where(Segment.video_id.in_(video_ids))):
             if not any(w[:4] in norm for w in wanted):  # most segments say none of the words: skip tokenising
                 continue
-            said = stems(_WORD_CHARS.findall(norm))
+            said = stems(words(norm))
             bits = sum(1 << j for j, w in enumerate(wanted) if w in said)
             if bits:
                 masks[(int(vid), int(idx))] = bits

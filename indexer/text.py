@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable
 from importlib.resources import files
 
-__all__ = ["MAX_QUERY_TERMS", "STOP_WORDS", "content_terms", "normalize", "stem", "terms", "word_spans"]
+__all__ = ["MAX_QUERY_TERMS", "STOP_WORDS", "content_terms", "normalize", "stem", "terms", "word_spans", "words"]
 
 MAX_QUERY_TERMS = 32  # longer queries are cut: each term is one OR branch of the full-text query
 _WORD = re.compile(r"[^\W_]+")  # runs of letters/digits: what FTS5's unicode61 and PostgreSQL's parser see
@@ -56,9 +56,14 @@ def normalize(text: str) -> str:
     return _normalizer()(text)
 
 
+def words(normalized: str) -> list[str]:
+    """The words of already normalised text, as the full-text engines split it (runs of letters/digits)."""
+    return _WORD.findall(normalized)
+
+
 def terms(text: str) -> list[str]:
     """The words of ``normalize(text)``, deduplicated, in order."""
-    return list(dict.fromkeys(_WORD.findall(normalize(text))))
+    return list(dict.fromkeys(words(normalize(text))))
 
 
 def content_terms(query: str) -> list[str]:
@@ -98,14 +103,14 @@ def word_spans(text: str, query: str) -> list[tuple[int, int]]:
     wanted = stems(content_terms(query))
     if not wanted:
         return []
-    words = [(m.start(), m.end(), _WORD.findall(normalize(m.group()))) for m in _SURFACE_WORD.finditer(text)]
-    hit = [bool(stems(w) & wanted) for _, _, w in words]
+    said = [(m.start(), m.end(), words(normalize(m.group()))) for m in _SURFACE_WORD.finditer(text)]
+    hit = [bool(stems(w) & wanted) for _, _, w in said]
     i = 0
-    while i < len(words):  # runs of number words: "eighteen thirteen" -> "1813"
+    while i < len(said):  # runs of number words: "eighteen thirteen" -> "1813"
         j = i
-        while j < len(words) and any(_DIGIT.search(w) for w in words[j][2]):
+        while j < len(said) and any(_DIGIT.search(w) for w in said[j][2]):
             j += 1
-        if j - i > 1 and stems(_WORD.findall(normalize(text[words[i][0]:words[j - 1][1]]))) & wanted:
+        if j - i > 1 and stems(words(normalize(text[said[i][0]:said[j - 1][1]]))) & wanted:
             hit[i:j] = [True] * (j - i)
         i = max(j, i + 1)
-    return [(a, b) for (a, b, _), h in zip(words, hit, strict=True) if h]
+    return [(a, b) for (a, b, _), h in zip(said, hit, strict=True) if h]
