@@ -352,7 +352,10 @@ class ScreenReader:
             stream.thread_type = "AUTO"
             if duration_s is None:
                 duration_s = container.duration / av.time_base if container.duration else 0.0
-            times = sample_times(float(duration_s), self.sample_fps, self.max_samples)
+            if duration_s and duration_s > 0:
+                times = sample_times(float(duration_s), self.sample_fps, self.max_samples)
+            else:  # length unknown: the plain rate, and the cap stops it
+                times = [round(i / self.sample_fps, 3) for i in range(self.max_samples)]
             # A last sample inside the final frame's duration may never be reached; it is simply not read.
             next_i = 0
             try:

@@ -54,16 +54,29 @@ def test_a_real_frame_without_text_reads_nothing(reader, boat_frames):
     assert reader.read_lines(boat_frames[1]) == []
 
 
-def test_read_video_gives_timed_spans_inside_the_visible_stretch(reader, tmp_path):
-    shown = [TextShown(1.0, 4.0, "Welcome to the annual garden show"),
-             TextShown(5.0, 8.0, "Chapter three: the harbour at night", style="slide")]
-    video = text_video(tmp_path / "text.mp4", shown, duration_s=8.0, clip="boat.mp4")
-    spans = reader.read(video)
+SHOWN = [TextShown(1.0, 4.0, "Welcome to the annual garden show"),
+         TextShown(5.0, 8.0, "Chapter three: the harbour at night", style="slide")]
+
+
+@pytest.fixture(scope="module")
+def text_mp4(tmp_path_factory) -> Path:
+    return text_video(tmp_path_factory.mktemp("ocr-video") / "text.mp4", SHOWN, duration_s=8.0, clip="boat.mp4")
+
+
+def test_read_video_gives_timed_spans_inside_the_visible_stretch(reader, text_mp4):
+    shown = SHOWN
+    spans = reader.read(text_mp4)
     assert [s.text for s in spans] == [s.text for s in shown]
     for span, truth in zip(spans, shown, strict=True):
         assert truth.start_s <= span.start_s <= span.end_s < truth.end_s
         assert span.end_s - span.start_s >= 2.0  # seen on at least 3 samples at 1/s
         assert span.confidence > 0.9
+
+
+def test_sampling_of_a_file_follows_the_cap_and_survives_an_unknown_length(reader, text_mp4, monkeypatch):
+    assert [t for t, _ in reader.sampled_frames(text_mp4, 0.0)] == [float(t) for t in range(8)]
+    monkeypatch.setattr(reader, "max_samples", 3)
+    assert [t for t, _ in reader.sampled_frames(text_mp4)] == [0.0, 3.0, 5.5]  # every 8/3 s, the next frame
 
 
 def test_identical_frames_are_read_once(reader, boat_frames):
