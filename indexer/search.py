@@ -17,10 +17,10 @@ Each channel's raw score is mapped to a probability that the video is the one as
   is right, read as independent; a channel a video lacks counts 0 (speech only: score = p_speech, as before).
 The moment is the video's best local passage (up to three segments) of whichever text channel is more sure,
 speech or screen (then it is the stretch where the text is shown), and says its ``source``. Candidates: the
-``pool_size(k)`` best videos of the visual ANN, as many by their best passage (ANN) and as many by full text. Every candidate from
-any source gets all its parts computed exactly, so the ranking does not depend on which source found it. The
-pool depends on the query and k only, ties break by video id, so pages are stable; a query pages through at
-most its pool.
+``pool_size(k)`` best videos of the visual ANN, as many by their best passage (ANN) and as many by full text
+(screen passages and segments included). Every candidate from any source gets all its parts computed exactly,
+so the ranking does not depend on which source found it. The pool depends on the query and k only, ties break
+by video id, so pages are stable; a query pages through at most its pool.
 """
 
 from __future__ import annotations

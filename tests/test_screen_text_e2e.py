@@ -3,8 +3,6 @@ track, through the worker (bundled Whisper base + bundled PP-OCRv5), the search 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from fastapi.testclient import TestClient
 
