@@ -266,3 +266,17 @@ def test_api_carries_source_and_returns_screen_spans(services, collection) -> No
         assert top["segment"]["highlights"]  # "quarter" in "Quarterly results"
         said = client.get("/v1/search", params={"q": "printing and the other crafts"}).json()["results"][0]
         assert said["segment"]["source"] == "speech"
+
+
+def test_evaluation_fits_the_screen_channel(services, collection) -> None:
+    """`evaluate-search --fit-calibration` gets (raw screen score, right) pairs of its own."""
+    from indexer.evaluation import LabelledQuery, calibration_pairs, evaluate
+
+    queries = [LabelledQuery("how much did sales grow this quarter", "slides.mp4", 2.0, 7.0, "screen"),
+               LabelledQuery("how much flour and water go into the dough", "recipe.mp4", 1.0, 6.0, "screen")]
+    report = evaluate(SearchService(services), queries)
+    assert report.r1 == 1.0 and report.moment_accuracy == 1.0
+    screen = calibration_pairs(report.outcomes, "screen")
+    speech = calibration_pairs(report.outcomes, "speech")
+    assert {right for _, right in screen} == {True, False}  # the other video with on-screen text is a wrong one
+    assert len(screen) >= 4 and len(speech) >= 2  # both queries see (at least) slides and recipe on screen
