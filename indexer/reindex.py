@@ -117,17 +117,14 @@ def _texts(video: Video, source: str) -> list[tuple[float, float, str]]:
     return [(g.start_s, g.end_s, g.text) for g in video.segments if g.source == source]
 
 
-def reindex_ocr(services: Services, everything: bool = False,
-                progress: Callable[[int, int, Video], None] | None = None) -> tuple[int, int]:
+def reindex_ocr(services: Services, progress: Callable[[int, int, Video], None] | None = None) -> tuple[int, int]:
     """Read the on-screen text of the videos that have none yet (indexed before OCR, with ``SAVE_SEARCH_OCR=0``,
-    or whose OCR failed; ``everything``: all videos) from their media files, and store it as segments and
-    passages of source ``screen``, replacing any there were. One video per transaction, so an interrupted run
-    keeps what it did. ``progress(done, total, video)`` after each. Returns (read, failed)."""
+    or whose OCR failed) from their media files, and store it as segments and passages of source ``screen``.
+    One video per transaction, so an interrupted run keeps what it did. ``progress(done, total, video)`` after
+    each. Returns (read, failed)."""
     with services.sessions() as s:
-        stmt = select(Video.id).where(Video.status == "indexed").order_by(Video.id)
-        if not everything:
-            stmt = stmt.where(or_(Video.ocr_status.is_(None), Video.ocr_status != "read"))
-        ids = list(s.scalars(stmt))
+        ids = list(s.scalars(select(Video.id).where(
+            Video.status == "indexed", or_(Video.ocr_status.is_(None), Video.ocr_status != "read")).order_by(Video.id)))
     read = failed = 0
     for n, video_id in enumerate(ids, 1):
         with services.sessions() as s:
