@@ -453,7 +453,7 @@ def _screen_spans(session) -> list[list[object]]:
     for name, start, end, text in session.execute(
             select(Video.filename, Segment.start_s, Segment.end_s, Segment.text).join(Segment)
             .where(Segment.source == SCREEN).order_by(Video.filename, Segment.start_s)):
-        out.setdefault(name, []).append(f"{start:.0f}-{end:.0f}: {text}")
+        out.setdefault(name, []).append(f"{start:.0f}-{end:.0f}: {' '.join(text.split())}")
     return [[name, " / ".join(texts)] for name, texts in sorted(out.items())]
 
 

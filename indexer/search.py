@@ -106,7 +106,7 @@ class Ranking:
     speech_calibration: tuple[float, float] = (13.9, -9.5)
     visual_calibration: tuple[float, float] = (50.0, -12.5)
     screen: str = "channel"
-    screen_calibration: tuple[float, float] = (13.9, -9.5)
+    screen_calibration: tuple[float, float] = (13.1, -7.7)
 
     @classmethod
     def from_settings(cls, settings) -> Ranking:
