@@ -387,7 +387,7 @@ def evaluate_search(
     k: Annotated[int, typer.Option(help="Results looked at per query (ranks beyond count as not found).")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     fit_calibration: Annotated[bool, typer.Option(
-        "--fit-calibration", help="Also fit the speech (and visual) score maps on these queries and print them "
+        "--fit-calibration", help="Also fit the speech, visual and screen score maps on these queries and print them "
                                   "as SAVE_SEARCH_*_CALIBRATION values.")] = False,
     database_url: DatabaseOpt = None,
     model: ModelOpt = None,
@@ -408,7 +408,7 @@ def evaluate_search(
         _fail(str(exc))
     fits = {}
     if fit_calibration:
-        for channel in ("speech", "visual"):
+        for channel in evaluation.CHANNELS:
             pairs = evaluation.calibration_pairs(report.outcomes, channel)
             try:
                 fits[channel] = evaluation.fit_calibration(pairs)
@@ -430,16 +430,29 @@ def reindex(
     text: Annotated[bool, typer.Option(
         "--text", help="Also recompute normalised full text and passage embeddings from the stored transcripts "
                        "(after an upgrade that changed them; no audio is decoded).")] = False,
+    ocr: Annotated[bool, typer.Option(
+        "--ocr", help="Also read the on-screen text of videos that have none yet (indexed before OCR, with "
+                      "SAVE_SEARCH_OCR=0, or whose OCR failed): decodes their frames again.")] = False,
     database_url: DatabaseOpt = None,
     model: ModelOpt = None,
 ) -> None:
     """Re-encode videos made with another model (never mixing embedding spaces), then rebuild the indexes."""
     _setup_logging()
-    from indexer.reindex import rebuild_indexes, reencode_stale, reindex_text
+    from indexer.reindex import rebuild_indexes, reencode_stale, reindex_ocr, reindex_text
 
-    services = _services(_settings(database_url, model))
+    settings = _settings(database_url, model)
+    if ocr:
+        settings.ocr = True  # asked for explicitly: SAVE_SEARCH_OCR=0 only governs ingest
+    services = _services(settings)
     if text:
         typer.echo(f"recomputed the text data of {reindex_text(services)} video(s)")
+    if ocr:
+        def report(done: int, total: int, video) -> None:
+            typer.echo(f"[{done}/{total}] on-screen text of video {video.id} ({video.filename}): "
+                       f"{video.ocr_status}" + (f" ({video.ocr_error})" if video.ocr_error else ""))
+
+        read, failed = reindex_ocr(services, progress=report)
+        typer.echo(f"read the on-screen text of {read} video(s), {failed} failed")
     if not rebuild_only:
         done, failed = reencode_stale(services)
         typer.echo(f"re-encoded {done} video(s), {failed} failed")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -15,9 +15,11 @@ DbId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
 
 class Moment(BaseModel):
     start: float = Field(description="Start of the best matching passage (one to three adjacent transcript "
-                                     "segments), in seconds.")
+                                     "segments, or on-screen text spans), in seconds.")
     end: float = Field(description="End of that passage, in seconds.")
     text: str
+    source: Literal["speech", "screen"] = Field("speech", description="speech: said in the video; screen: text "
+                                                                      "shown on screen from start to end.")
     highlights: list[tuple[int, int]] = Field(default_factory=list,
                                               description="Character spans of `text` matching the query words.")
 
@@ -26,12 +28,15 @@ class SearchResult(BaseModel):
     video_id: int
     filename: str = Field(description="Original file name.")
     score: float = Field(description="Probability-like relevance in [0, 1]: 1 - (1 - visual_score) * "
-                                     "(1 - speech_score), the missing channel counting 0 (see README, Search).")
+                                     "(1 - speech_score) * (1 - screen_score), a missing channel counting 0 "
+                                     "(see README, Search).")
     visual_score: float | None = Field(description="Calibrated visual match in [0, 1] (exact SAVE similarity "
                                                    "through a fixed logistic map); null in speech mode.")
     speech_score: float | None = Field(description="Calibrated transcript match in [0, 1]: on the retrieval "
                                                    "benchmark about this share of results with this score were "
                                                    "the right video; null without speech.")
+    screen_score: float | None = Field(None, description="Calibrated match of the text shown on screen in "
+                                                         "[0, 1] (read by OCR); null without on-screen text.")
     duration: float
     language: str | None = None
     thumbnail_url: str
@@ -51,6 +56,8 @@ class SegmentOut(BaseModel):
     start: float
     end: float
     text: str
+    source: Literal["speech", "screen"] = Field("speech", description="speech: a transcript segment; screen: "
+                                                                      "text shown on screen from start to end.")
 
 
 class VideoOut(BaseModel):
@@ -75,7 +82,12 @@ class VideoOut(BaseModel):
     thumbnail_url: str
     video_url: str
     transcript: str
-    segments: list[SegmentOut]
+    segments: list[SegmentOut] = Field(description="The transcript's segments (source speech).")
+    screen_text: list[SegmentOut] = Field(default_factory=list,
+                                          description="Text shown on screen (source screen), by start time.")
+    ocr_status: str | None = Field(None, description="read, failed (see ocr_error) or null: on-screen text was "
+                                                     "never read (OCR off, or indexed before it).")
+    ocr_error: str | None = None
 
 
 class UploadAccepted(BaseModel):

@@ -535,7 +535,7 @@ def _time_parts(search) -> dict[str, float]:
     wrap("_score", "score (SQL + visual + segments)")
     wrap("_visual_scores", "visual (read + re-score)")
     wrap("_best_segments", "segments (rows + cosine)")  # before passages (earlier commits)
-    wrap("_speech_scores", "passages (rows + cosine + words)")
+    wrap("_text_scores", "passages (rows + cosine + words)")
     wrap("_hydrate", "page rows")
     wrap("search", "total")
     return totals

@@ -3,6 +3,7 @@ previous rule and a plain baseline, on one collection, in one run.
 
     .venv/bin/python -m bench.retrieval_bench                # ingest, evaluate every variant, append to BENCHMARKS.md
     .venv/bin/python -m bench.retrieval_bench --no-append
+    .venv/bin/python -m bench.retrieval_bench --screen      # on-screen text: its own collection and table
 
 Collection: real recordings from ``../shared/data/media`` wrapped into mp4 (as the tests do): 32 LJSpeech
 sentences (three of them with white noise at 5 dB SNR), 5 LibriVox sentences, 5 "cards" utterances, the sonnet
@@ -16,6 +17,15 @@ is then evaluated through ``indexer.evaluation`` (the code behind ``save-search 
 same collection. Variants that read un-normalised text recompute the passage embeddings first
 (``reindex_text``: no audio decoded again). The baseline is written here on purpose, independent of the
 service: MiniLM cosine of the query with each whole transcript, nothing else.
+
+``--screen``: text shown on screen. Its collection is ``SCREEN_CLIPS`` (slides, captions, lower thirds drawn with
+``tests.media_fixtures.text_video`` over the real clips of ``../shared/data/media/video``, several sizes and
+contrasts; five with a real speech track: the "cards" and LibriVox recordings) among the 32 LJSpeech clips;
+queries: the ``screen`` kind of the queries file (paraphrases of what is shown, with the stretch where it is
+visible) and the LJSpeech paraphrases (speech must not get worse). Ingest runs with OCR on (the default), so
+the worker's OCR share of ingest time comes with it. Variants: no OCR channel, on-screen text read as speech
+(one channel: the simplest alternative), the screen channel (own calibration), and a plain baseline (MiniLM
+over each video's transcript and on-screen text joined). The main run leaves the ``screen`` queries out.
 """
 
 from __future__ import annotations
@@ -100,6 +110,63 @@ def build_clips(out: Path) -> list[Path]:
     return clips
 
 
+# (file, real clip under it, seconds, what is shown, speech track under media/speech or None)
+SCREEN_CLIPS = [
+    ("screen-budget.mp4", "boat.mp4", 10.0, [
+        (2.0, 8.0, "City budget 2027: libraries get 4 million more", "slide", "large", "high")],
+     "cards/001.wav"),
+    ("screen-mayor.mp4", "birthday.mp4", 12.0, [
+        (1.0, 6.0, "Maria Lopez, Mayor of Springfield", "lower_third", "medium", "high"),
+        (6.0, 11.0, "Bridge repairs start on Monday", "lower_third", "medium", "high")], None),
+    ("screen-recipe.mp4", "bigbuckbunny.mp4", 15.0, [
+        (0.0, 5.0, "Step 1: whisk two eggs with sugar", "caption", "medium", "high"),
+        (5.0, 10.0, "Step 2: fold in 200 g of flour", "caption", "medium", "high"),
+        (10.0, 15.0, "Step 3: bake at 180 degrees for 25 minutes", "caption", "medium", "high")],
+     "librivox/sense_and_sensibility_01_austen_64kb-0870.wav"),
+    ("screen-score.mp4", "applausing.mp4", 8.0, [
+        (1.0, 7.0, "FINAL SCORE Rovers 3 United 1", "lower_third", "large", "high")], None),
+    ("screen-skate.mp4", "skateboarding_dog.mp4", 9.0, [
+        (2.0, 8.0, "Our dog learned to ride a skateboard in two weeks", "caption", "small", "high")], None),
+    ("screen-storm.mp4", "boat.mp4", 10.0, [
+        (0.0, 10.0, "BREAKING: Storm closes all schools in the county", "lower_third", "medium", "high")],
+     "cards/003.wav"),
+    ("screen-bike.mp4", "IronMan.mp4", 9.0, [
+        (1.0, 8.0, "Introducing the Aurora X2 electric bicycle", "slide", "large", "low")], None),
+    ("screen-lecture.mp4", "silence_girl.mp4", 11.0, [
+        (0.0, 11.0, "Lecture 5: Photosynthesis converts light into chemical energy", "slide", "medium", "high")],
+     "librivox/sense_and_sensibility_01_austen_64kb-0880.wav"),
+    ("screen-floor.mp4", "dog_barking.mp4", 8.0, [
+        (2.0, 7.0, "Warning: wet floor, please use the side entrance", "caption", "medium", "low")], None),
+    ("screen-ocean.mp4", "boat.mp4", 10.0, [
+        (3.0, 8.0, "I never thought I would see the ocean again", "caption", "small", "low")], None),
+    ("screen-gutenberg.mp4", "bigbuckbunny.mp4", 10.0, [
+        (2.0, 9.0, "Gutenberg printed the first Bible with movable type around 1455", "slide", "medium", "high")],
+     "cards/005.wav"),
+    ("screen-train.mp4", "birthday.mp4", 9.0, [
+        (1.0, 8.0, "The train to Edinburgh departs from platform 9", "caption", "large", "high")], None),
+]
+
+
+def build_screen_clips(out: Path) -> list[Path]:
+    """The on-screen text clips of ``--screen`` (``SCREEN_CLIPS``) and the 32 LJSpeech clips among them."""
+    from tests.media_fixtures import TextShown, speech_video, text_video
+
+    out.mkdir(parents=True, exist_ok=True)
+    clips = []
+    for name, clip, seconds, shown, speech in SCREEN_CLIPS:
+        path = out / name
+        if not path.exists():
+            text_video(path, [TextShown(*x) for x in shown], seconds, clip=clip,
+                       speech=MEDIA / "speech" / speech if speech else None)
+        clips.append(path)
+    for wav in sorted((MEDIA / "speech" / "ljspeech").glob("*.wav")):
+        path = out / f"{wav.stem}.mp4"
+        if not path.exists():
+            speech_video(wav, path)
+        clips.append(path)
+    return clips
+
+
 def ingest(home: Path, clips: Sequence[Path], **settings_changes):
     """The real worker, speech mode, default settings (unless changed), over one bulk job; returns the loaded
     Services and the worker's seconds per stage."""
@@ -118,20 +185,27 @@ def ingest(home: Path, clips: Sequence[Path], **settings_changes):
     return services, dict(worker.stats)
 
 
-def baseline(services, queries) -> list:
-    """Plain MiniLM over whole transcripts: what anyone writes in an afternoon."""
+def baseline(services, queries, with_screen_text: bool = False) -> list:
+    """Plain MiniLM over whole transcripts (``with_screen_text``: and all the video's on-screen text after it):
+    what anyone writes in an afternoon."""
     from sqlalchemy import select
 
-    from indexer.db import Video
+    from indexer.db import SCREEN, Segment, Video
     from indexer.evaluation import QueryOutcome
 
     with services.sessions() as s:
         rows = s.execute(select(Video.id, Video.filename, Video.transcript).where(Video.status == "indexed")
                          .order_by(Video.id)).all()
+        shown: dict[int, list[str]] = {}
+        if with_screen_text:
+            for vid, text in s.execute(select(Segment.video_id, Segment.text).where(Segment.source == SCREEN)
+                                       .order_by(Segment.video_id, Segment.idx)):
+                shown.setdefault(vid, []).append(text)
     ids = np.array([r.id for r in rows])
     names = [r.filename for r in rows]
-    has_text = np.array([bool(r.transcript.strip()) for r in rows])
-    docs = services.sentences.encode([r.transcript or "-" for r in rows])
+    documents = [" ".join([r.transcript, *shown.get(r.id, [])]).strip() for r in rows]
+    has_text = np.array([bool(d) for d in documents])
+    docs = services.sentences.encode([d or "-" for d in documents])
     q = services.sentences.encode([x.query for x in queries])
     sims = np.where(has_text[None, :], q @ docs.T, -1.0)
     out = []
@@ -169,7 +243,7 @@ def variants():
 
 
 def reliability(pairs: list[tuple[float, bool]], ab: tuple[float, float]) -> list[list[object]]:
-    """Rows (score range, results, share right) of the calibrated speech score, to show what a score means."""
+    """Rows (score range, results, share right) of a calibrated channel score, to show what a score means."""
     from indexer.search import calibrate
 
     p = calibrate(np.array([r for r, _ in pairs]), ab)
@@ -190,7 +264,7 @@ def run(args: argparse.Namespace, command: str) -> str:
     if args.fresh:
         shutil.rmtree(work / "home", ignore_errors=True)
     clips = build_clips(work / "clips")
-    queries = evaluation.read_queries(args.queries)
+    queries = [q for q in evaluation.read_queries(args.queries) if q.kind != "screen"]  # see --screen
     load = wait_for_quiet()
     services, stats = ingest(work / "home", clips)
     languages = _languages(services)
@@ -278,6 +352,111 @@ def _languages(services) -> list[list[object]]:
     return [[r.filename, r.language or "-", round(r.language_probability or 0.0, 2), r.language_method or "-",
              r.language_decision or "-"] for r in rows if r.filename.startswith(keep)]
 
+def run_screen(args: argparse.Namespace, command: str) -> str:
+    """On-screen text queries with and without the OCR channel, against the simplest alternatives."""
+    from indexer import evaluation
+    from indexer.search import Ranking, SearchService
+
+    work = WORK / "retrieval-screen"
+    if args.fresh:
+        shutil.rmtree(work / "home", ignore_errors=True)
+    clips = build_screen_clips(work / "clips")
+    names = {c.name for c in clips}
+    queries = [q for q in evaluation.read_queries(args.queries) if q.expected in names]
+    screen_queries = [q for q in queries if q.kind == "screen"]
+    load = wait_for_quiet()
+    services, stats = ingest(work / "home", clips)
+    rows, reports = [], {}
+
+    def add(name: str, report, moments_inside: float | None) -> None:
+        reports[name] = report
+        speech = report.by_kind.get("paraphrase", {})
+        screen = report.by_kind.get("screen", {})
+        rows.append([name, screen.get("r1", float("nan")), screen.get("r5", float("nan")),
+                     screen.get("mrr", float("nan")), moments_inside if moments_inside is not None else float("nan"),
+                     speech.get("r1", float("nan")), speech.get("mrr", float("nan"))])
+        print(rows[-1], flush=True)
+
+    add("baseline: MiniLM over whole transcripts", evaluation.summarize(baseline(services, queries)), None)
+    add("baseline: MiniLM over transcript + all on-screen text",
+        evaluation.summarize(baseline(services, queries, with_screen_text=True)), None)
+    base = Ranking.from_settings(services.settings)
+    for name, ranking in [("without OCR channel (speech only)", base.with_(screen="off")),
+                          ("on-screen text read as speech (one channel)", base.with_(screen="as-speech")),
+                          (SPEECH_MAP, base.with_(screen_calibration=base.speech_calibration)),
+                          (SCREEN_DEFAULT, base)]:
+        report = evaluation.evaluate(SearchService(services, ranking=ranking), queries)
+        add(name, report, _inside(report, screen_queries))
+    # The screen map fitted on the results of the channel under the speech map (what the default was fitted on).
+    pairs = evaluation.calibration_pairs(reports[SPEECH_MAP].outcomes, "screen")
+    fit = evaluation.fit_calibration(pairs)
+    refit = evaluation.evaluate(SearchService(services, ranking=base.with_(screen_calibration=fit)), queries)
+    add("screen channel, calibration fitted in this run (in sample)", refit, _inside(refit, screen_queries))
+    ocr_share = stats.get("ocr", 0.0) / max(1e-9, sum(v for k, v in stats.items()
+                                                       if k not in ("videos", "video_seconds")))
+    with services.sessions() as s:
+        spans = _screen_spans(s)
+    body = [
+        f"{len(SCREEN_CLIPS)} clips with on-screen text (rendered over the real clips; "
+        f"{sum(1 for c in SCREEN_CLIPS if c[4])} with a real speech track) among {len(clips) - len(SCREEN_CLIPS)} "
+        f"LJSpeech clips; {len(screen_queries)} paraphrased on-screen-text queries and "
+        f"{len(queries) - len(screen_queries)} LJSpeech paraphrases (`{QUERIES.relative_to(ROOT)}`), speech mode, "
+        "OCR on (default). "
+        + (f"Ingest: {stats.get('ocr', 0):.0f} s of OCR, {ocr_share:.0%} of the worker's stage time "
+           f"({stats.get('asr', 0):.0f} s of ASR; wall time on a shared machine). " if stats.get("ocr") else
+           "The collection of an earlier run of this command (`--fresh` ingests again). ")
+        + "Moment inside: the returned moment of the right video starts no earlier than 1 s before the text "
+        "appears and before it disappears.",
+        "",
+        md_table(["variant", "R@1 screen", "R@5 screen", "MRR screen", "moment inside", "R@1 speech",
+                  "MRR speech"], rows),
+        "",
+        f"Screen calibration fitted on the screen channel's results under the speech map ({len(pairs)} results, "
+        f"in sample): a = {fit[0]:.2f}, b = {fit[1]:.2f} (`SAVE_SEARCH_SCREEN_CALIBRATION`; the default is "
+        f"{', '.join(f'{x:g}' for x in base.screen_calibration)}). What a screen_score means with that map:",
+        "",
+        md_table(["screen_score", "results", "share that were the right video"], reliability(pairs, fit)),
+        "",
+        "On-screen text read from each clip (`indexer.ocr` spans, start-end s):",
+        "",
+        md_table(["clip", "spans"], spans),
+        "",
+        "Queries the default does not put first:",
+        "",
+        *[f"- [{o.rank or '-'}] {o.query!r}: wanted {o.expected}, got {o.top}"
+          for o in reports[SCREEN_DEFAULT].outcomes if o.rank != 1],
+    ]
+    return entry("Retrieval of on-screen text", command, load, "\n".join(body))
+
+
+SCREEN_DEFAULT = "screen channel, own calibration (default)"
+SPEECH_MAP = "screen channel, speech's calibration"
+
+
+def _inside(report, screen_queries) -> float:
+    """Share of on-screen-text queries found first whose moment starts inside the stretch the text is shown."""
+    wanted = {q.query: q for q in screen_queries}
+    hits = [o for o in report.outcomes if o.query in wanted and o.rank == 1]
+    if not hits:
+        return float("nan")
+    inside = [o.moment_start is not None and wanted[o.query].start - 1.0 <= o.moment_start < wanted[o.query].end
+              for o in hits]
+    return sum(inside) / len(wanted)
+
+
+def _screen_spans(session) -> list[list[object]]:
+    from sqlalchemy import select
+
+    from indexer.db import SCREEN, Segment, Video
+
+    out: dict[str, list[str]] = {}
+    for name, start, end, text in session.execute(
+            select(Video.filename, Segment.start_s, Segment.end_s, Segment.text).join(Segment)
+            .where(Segment.source == SCREEN).order_by(Video.filename, Segment.start_s)):
+        out.setdefault(name, []).append(f"{start:.0f}-{end:.0f}: {' '.join(text.split())}")
+    return [[name, " / ".join(texts)] for name, texts in sorted(out.items())]
+
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -285,11 +464,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="Ingest again even if a previous run's collection "
                                                               "is there.")
     parser.add_argument("--no-append", action="store_true", help="Print only; do not append to BENCHMARKS.md.")
+    parser.add_argument("--screen", action="store_true", help="On-screen text queries on their own collection.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    publish(run(args, command_line("bench.retrieval_bench", argv)), append=not args.no_append)
+    publish((run_screen if args.screen else run)(args, command_line("bench.retrieval_bench", argv)),
+            append=not args.no_append)
     return 0
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
+

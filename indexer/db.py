@@ -81,6 +81,10 @@ class Video(Base):
     # pending: an upload reserved this row and waits for the worker; failed: see ``error``.
     status: Mapped[str] = mapped_column(String(16), default="indexed", server_default="indexed", index=True)
     error: Mapped[str | None] = mapped_column(Text)
+    # On-screen text (indexer.ocr): read | failed (see ocr_error; the video is indexed without it) | None (never
+    # read: ingested before OCR or with SAVE_SEARCH_OCR=0; `save-search reindex --ocr` reads it).
+    ocr_status: Mapped[str | None] = mapped_column(String(16))
+    ocr_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     segments: Mapped[list[Segment]] = relationship(back_populates="video", cascade="all, delete-orphan",
@@ -89,9 +93,13 @@ class Video(Base):
                                                    order_by="Passage.first_idx")
 
 
+SPEECH, SCREEN = "speech", "screen"  # where a segment's text comes from: the transcript, or read from the frames
+
+
 class Segment(Base):
-    """A timestamped piece of the transcript, searchable by words: full text runs on ``norm_text``
-    (``indexer.text.normalize`` of ``text``), while ``text`` is what is shown."""
+    """A timestamped piece of text, searchable by words: full text runs on ``norm_text``
+    (``indexer.text.normalize`` of ``text``), while ``text`` is what is shown. ``source`` says whether it was
+    said (``speech``, idx 0..n-1) or shown on screen (``screen``, a span of visible text, idx n..n+m-1)."""
 
     __tablename__ = "segments"
 
@@ -102,6 +110,7 @@ class Segment(Base):
     end_s: Mapped[float] = mapped_column(Float)
     text: Mapped[str] = mapped_column(Text)
     norm_text: Mapped[str] = mapped_column(Text, default="", server_default="")
+    source: Mapped[str] = mapped_column(String(16), default=SPEECH, server_default=SPEECH)
 
     video: Mapped[Video] = relationship(back_populates="segments")
 
@@ -115,7 +124,9 @@ class Segment(Base):
 class Passage(Base):
     """Segments ``first_idx..last_idx`` of a video read as one text, searchable by meaning (a sentence
     embedding). A paraphrase often spans two or three Whisper segments, so passages are every single segment,
-    every window of adjacent segments up to ``indexer.passages.MAX_WINDOW``, and the whole transcript."""
+    every window of adjacent segments up to ``indexer.passages.MAX_WINDOW``, and the whole transcript; the
+    segments of on-screen text (``source`` = ``screen``) get passages of their own the same way, never mixed
+    with speech, so each scores its own search channel."""
 
     __tablename__ = "passages"
 
@@ -126,6 +137,7 @@ class Passage(Base):
     start_s: Mapped[float] = mapped_column(Float)
     end_s: Mapped[float] = mapped_column(Float)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)  # fp16 sentence embedding
+    source: Mapped[str] = mapped_column(String(16), default=SPEECH, server_default=SPEECH)
 
     video: Mapped[Video] = relationship(back_populates="passages")
 

@@ -44,8 +44,8 @@ class QueryOutcome:
     moment_ok: bool | None  # None when the query has no labelled moment or the video was not found
     moment_start: float | None
     top: str | None  # file name of the first result
-    # (raw speech, raw visual, right) of every result, for the calibration fit
-    scored: list[tuple[float | None, float | None, bool]] = field(default_factory=list)
+    # (raw speech, raw visual, raw screen, right) of every result, for the calibration fit
+    scored: list[tuple[float | None, float | None, float | None, bool]] = field(default_factory=list)
 
 
 @dataclass
@@ -128,7 +128,8 @@ def evaluate(search, queries: Sequence[LabelledQuery], k: int = 100,
                 moment_ok = moment_start is not None and abs(moment_start - q.start) <= moment_tolerance
         outcomes.append(QueryOutcome(q.query, q.expected, q.kind, rank, moment_ok, moment_start,
                                      page.results[0].filename if page.results else None,
-                                     [(r.raw_speech, r.raw_visual, r.video_id in right) for r in page.results]))
+                                     [(r.raw_speech, r.raw_visual, r.raw_screen, r.video_id in right)
+                                      for r in page.results]))
     return summarize(outcomes)
 
 
@@ -171,10 +172,13 @@ def fit_calibration(pairs: Sequence[tuple[float, bool]], l2: float = 1e-3, steps
     return float(w[0]), float(w[1])
 
 
+CHANNELS = ("speech", "visual", "screen")  # the order of a QueryOutcome.scored tuple's raw scores
+
+
 def calibration_pairs(outcomes: Iterable[QueryOutcome], channel: str = "speech") -> list[tuple[float, bool]]:
-    """(raw score, right) of every result the queries returned, for ``fit_calibration``."""
-    i = 0 if channel == "speech" else 1
-    return [(s[i], s[2]) for o in outcomes for s in o.scored if s[i] is not None and math.isfinite(s[i])]
+    """(raw score of ``channel``, right) of every result the queries returned, for ``fit_calibration``."""
+    i = CHANNELS.index(channel)
+    return [(s[i], s[-1]) for o in outcomes for s in o.scored if s[i] is not None and math.isfinite(s[i])]
 
 
 def format_report(report: Report) -> str:

@@ -5,17 +5,21 @@ So a video's passages are every segment, every run of up to ``MAX_WINDOW`` adjac
 most ``MAX_WINDOW_S`` (a long pause ends a thought), and the whole transcript (what the video is about; the
 sentence encoder reads its first 256 tokens). Scoring takes the best passage per video; the moment shown and
 played is the best *local* passage (up to ``MAX_WINDOW`` segments), never the whole transcript.
+
+On-screen text (``indexer.ocr`` spans, ``source`` = ``screen``) is cut the same way but on its own, after the
+speech segments (idx n..n+m-1): a slide's lines read together, but never with what is said over them, because
+each source scores its own search channel (``indexer.search``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .catalog import to_blob
-from .db import Passage, Segment
+from .db import SCREEN, SPEECH, Passage, Segment
 from .text import normalize
 
 MAX_WINDOW = 3  # segments in the longest local passage
@@ -29,6 +33,7 @@ class Span:
     start: float
     end: float
     text: str
+    source: str = SPEECH
 
     @property
     def local(self) -> bool:
@@ -68,25 +73,39 @@ def embed(sentences, items: Sequence[str], normalized: bool) -> np.ndarray:
     return sentences.encode([encoder_input(t, normalized) or t for t in items])
 
 
+def screen_spans(speech_count: int, screen: Sequence[tuple[float, float, str]]) -> list[Span]:
+    """The passages of on-screen text segments that follow ``speech_count`` speech segments of the same video."""
+    return [Span(s.first + speech_count, s.last + speech_count, s.start, s.end, s.text, SCREEN)
+            for s in spans(screen)]
+
+
 @dataclass
 class EmbeddedTranscript:
-    """A transcript ready to store: its segments, its passages and their sentence embeddings."""
+    """What a video says and shows, ready to store: its segments, its passages and their sentence embeddings."""
 
     segments: list[tuple[float, float, str]]
     spans: list[Span]
     embeddings: np.ndarray  # [len(spans), dim]
+    screen: list[tuple[float, float, str]] = field(default_factory=list)  # on-screen text, by start
 
     def rows(self) -> tuple[list, list]:
         """The ``Segment`` and ``Passage`` rows of a video (without ``video_id``: append them to the video)."""
-        segments = [Segment(idx=i, start_s=start, end_s=end, text=text)
+        n = len(self.segments)
+        segments = [Segment(idx=i, start_s=start, end_s=end, text=text, source=SPEECH)
                     for i, (start, end, text) in enumerate(self.segments)]
-        passages = [Passage(first_idx=s.first, last_idx=s.last, start_s=s.start, end_s=s.end, embedding=to_blob(v))
+        segments += [Segment(idx=n + i, start_s=start, end_s=end, text=text, source=SCREEN)
+                     for i, (start, end, text) in enumerate(self.screen)]
+        passages = [Passage(first_idx=s.first, last_idx=s.last, start_s=s.start, end_s=s.end, embedding=to_blob(v),
+                            source=s.source)
                     for s, v in zip(self.spans, self.embeddings, strict=True)]
         return segments, passages
 
 
-def embed_transcript(sentences, segments: Sequence[tuple[float, float, str]], normalized: bool) -> EmbeddedTranscript:
-    """Cut a transcript into passages and embed them (the worker's ``sentences`` stage, and ``reindex --text``)."""
+def embed_transcript(sentences, segments: Sequence[tuple[float, float, str]], normalized: bool,
+                     screen: Sequence[tuple[float, float, str]] = ()) -> EmbeddedTranscript:
+    """Cut a transcript and the on-screen text into passages and embed them (the worker's ``sentences`` stage,
+    ``reindex --text`` and ``reindex --ocr``)."""
     segments = [(float(a), float(b), t) for a, b, t in segments]
-    cut = spans(segments)
-    return EmbeddedTranscript(segments, cut, embed(sentences, [s.text for s in cut], normalized))
+    shown = sorted(((float(a), float(b), t) for a, b, t in screen if t.strip()), key=lambda x: (x[0], x[1]))
+    cut = spans(segments) + screen_spans(len(segments), shown)
+    return EmbeddedTranscript(segments, cut, embed(sentences, [s.text for s in cut], normalized), shown)

@@ -1,18 +1,20 @@
 """Re-indexing: a model change never mixes embedding spaces. Videos encoded with another model version
 (or none, from speech mode) are re-encoded from their media file with the current model; the FAISS indexes
-can always be rebuilt from the vectors stored with each row."""
+can always be rebuilt from the vectors stored with each row. ``reindex_ocr`` reads the on-screen text of videos
+indexed before OCR (or whose OCR failed)."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import or_, select
 
 from .catalog import to_blob
-from .db import TEXT_REINDEX_NEEDED, Meta, Passage, Video
+from .db import SCREEN, SPEECH, TEXT_REINDEX_NEEDED, Meta, Passage, Segment, Video
 from .decode import decode, pcm_memmap
 from .errors import IngestError
 from .names import path_from_db
@@ -91,8 +93,8 @@ def reindex_text(services: Services, batch: int = 64) -> int:
     for start in range(0, len(ids), batch):
         with services.sessions.begin() as s:
             for video in s.scalars(select(Video).where(Video.id.in_(ids[start:start + batch]))):
-                segments = [(g.start_s, g.end_s, g.text) for g in video.segments]
-                text = embed_transcript(services.sentences, segments, services.settings.normalize_sentence_input)
+                text = embed_transcript(services.sentences, _texts(video, SPEECH),
+                                        services.settings.normalize_sentence_input, _texts(video, SCREEN))
                 for g in video.segments:
                     norm = normalize(g.text)
                     if g.norm_text != norm:
@@ -108,3 +110,47 @@ def reindex_text(services: Services, batch: int = 64) -> int:
         if flag is not None:
             s.delete(flag)
     return changed
+
+
+def _texts(video: Video, source: str) -> list[tuple[float, float, str]]:
+    """A video's stored (start, end, text) segments of one source, in index order."""
+    return [(g.start_s, g.end_s, g.text) for g in video.segments if g.source == source]
+
+
+def reindex_ocr(services: Services, progress: Callable[[int, int, Video], None] | None = None) -> tuple[int, int]:
+    """Read the on-screen text of the videos that have none yet (indexed before OCR, with ``SAVE_SEARCH_OCR=0``,
+    or whose OCR failed) from their media files, and store it as segments and passages of source ``screen``.
+    One video per transaction, so an interrupted run keeps what it did. ``progress(done, total, video)`` after
+    each. Returns (read, failed)."""
+    with services.sessions() as s:
+        ids = list(s.scalars(select(Video.id).where(
+            Video.status == "indexed", or_(Video.ocr_status.is_(None), Video.ocr_status != "read")).order_by(Video.id)))
+    read = failed = 0
+    for n, video_id in enumerate(ids, 1):
+        with services.sessions() as s:
+            video = s.get(Video, video_id)
+            if video is None:  # deleted meanwhile
+                continue
+            path, duration = path_from_db(video.source_path), video.duration_s
+        screen = services.read_screen(path, duration)
+        with services.sessions.begin() as s:
+            video = s.get(Video, video_id)
+            if video is None:
+                continue
+            speech = _texts(video, SPEECH)
+            text = embed_transcript(services.sentences, speech, services.settings.normalize_sentence_input,
+                                    screen.spans)
+            s.execute(Passage.__table__.delete().where(Passage.video_id == video_id, Passage.source == SCREEN))
+            s.execute(Segment.__table__.delete().where(Segment.video_id == video_id, Segment.source == SCREEN))
+            segments, passages = text.rows()
+            for row in [g for g in segments if g.source == SCREEN] + [p for p in passages if p.source == SCREEN]:
+                row.video_id = video_id
+                s.add(row)
+            video.ocr_status, video.ocr_error = screen.status, screen.error
+            if screen.status == "read":
+                read += 1
+            else:
+                failed += 1
+        if progress is not None:
+            progress(n, len(ids), video)
+    return read, failed

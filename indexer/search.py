@@ -11,13 +11,16 @@ Each channel's raw score is mapped to a probability that the video is the one as
   a speech_score of 0.8 means that about 8 in 10 results with that score were the right video there.
 - visual raw = exact SAVE similarity / logit scale (about a CLIP cosine); its map is a fixed prior, not measured
   here (no CLIP weights offline): see ``Ranking``.
-- score = 1 - (1 - p_visual) * (1 - p_speech): the chance that at least one channel's evidence is right, read
-  as independent; in speech mode (no visual model), score = p_speech.
-The moment is the video's best local passage (up to three segments). Candidates: the ``pool_size(k)`` best
-videos of the visual ANN, as many by their best passage (ANN) and as many by full text. Every candidate from
-any source gets all its parts computed exactly, so the ranking does not depend on which source found it. The
-pool depends on the query and k only, ties break by video id, so pages are stable; a query pages through at
-most its pool.
+- screen raw: the speech rule over the passages of on-screen text (``indexer.ocr`` spans, cut into passages on
+  their own), with its own map (a, b), fitted on the on-screen-text queries of the retrieval benchmark.
+- score = 1 - (1 - p_visual) * (1 - p_speech) * (1 - p_screen): the chance that at least one channel's evidence
+  is right, read as independent; a channel a video lacks counts 0 (speech only: score = p_speech, as before).
+The moment is the video's best local passage (up to three segments) of whichever text channel is more sure,
+speech or screen (then it is the stretch where the text is shown), and says its ``source``. Candidates: the
+``pool_size(k)`` best videos of the visual ANN, as many by their best passage (ANN) and as many by full text
+(screen passages and segments included). Every candidate from any source gets all its parts computed exactly,
+so the ranking does not depend on which source found it. The pool depends on the query and k only, ties break
+by video id, so pages are stable; a query pages through at most its pool.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 from sqlalchemy import func, select
 
-from .db import Passage, Segment, Video
+from .db import SCREEN, SPEECH, Passage, Segment, Video
 from .passages import MAX_WINDOW, embed
 from .store import FeatureRef, FeatureStoreError
 from .text import content_terms, stem, stems, words
@@ -52,6 +55,7 @@ class Moment:
     start: float
     end: float
     text: str
+    source: str = SPEECH  # said (speech) or shown (screen)
 
 
 @dataclass
@@ -68,6 +72,8 @@ class SearchResult:
     thumbnail_path: str | None = None
     raw_speech: float | None = None  # before calibration (for evaluate-search --fit-calibration)
     raw_visual: float | None = None
+    screen_score: float | None = None
+    raw_screen: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,7 +89,10 @@ class Ranking:
       the best local ``passage`` (windows included): windows win on context and start too early (measured).
     - ``lexical``: ``coverage`` (cosine + lexical_weight * IDF-weighted share of query words said),
       ``max-fulltext`` (the previous rule: per segment max(cosine, bm25 / (1 + bm25))) or ``none`` (dense only).
-    - ``speech_calibration``, ``visual_calibration``: (a, b) of ``p = sigmoid(a * raw + b)``. The visual default
+    - ``screen``: on-screen text is its own ``channel`` (own calibration, fused), read ``as-speech`` (its passages
+      join the speech channel: the simplest alternative, measured against) or ``off`` (ignored).
+    - ``speech_calibration``, ``visual_calibration``, ``screen_calibration``: (a, b) of
+      ``p = sigmoid(a * raw + b)``. The visual default
       (50, -12.5) puts p = 0.5 at a cosine of 0.25 and moves one logit per 0.02 of cosine: CLIP ViT-B text-frame
       cosines are typically ~0.30 for a matching and ~0.20 for an unrelated caption; it is a prior, not a
       measurement (no CLIP weights here): fit yours with ``save-search evaluate-search --fit-calibration``.
@@ -96,12 +105,15 @@ class Ranking:
     normalize_sentence_input: bool = False
     speech_calibration: tuple[float, float] = (13.9, -9.5)
     visual_calibration: tuple[float, float] = (50.0, -12.5)
+    screen: str = "channel"
+    screen_calibration: tuple[float, float] = (13.1, -7.7)
 
     @classmethod
     def from_settings(cls, settings) -> Ranking:
         return cls(lexical_weight=settings.lexical_weight, normalize_sentence_input=settings.normalize_sentence_input,
                    speech_calibration=tuple(settings.speech_calibration),  # type: ignore[arg-type]
-                   visual_calibration=tuple(settings.visual_calibration))  # type: ignore[arg-type]
+                   visual_calibration=tuple(settings.visual_calibration),  # type: ignore[arg-type]
+                   screen_calibration=tuple(settings.screen_calibration))  # type: ignore[arg-type]
 
     def with_(self, **changes) -> Ranking:
         return replace(self, **changes)
@@ -124,6 +136,8 @@ class _Scored:
     passage_id: int | None  # the moment
     raw_speech: float | None = None
     raw_visual: float | None = None
+    screen_score: float | None = None
+    raw_screen: float | None = None
 
 
 @dataclass
@@ -311,17 +325,23 @@ class SearchService:
         videos = s.execute(select(Video.id, Video.model_version, Video.feature_shard, Video.feature_offset,
                                   Video.pooled)
                            .where(Video.id.in_(video_ids), Video.status == "indexed")).all()
-        speech = self._speech_scores(s, [v.id for v in videos], query, sentence_q, text_scores)
+        text = self._text_scores(s, [v.id for v in videos], query, sentence_q, text_scores)
         visual = self._visual_scores(videos, visual_q)
         ranking = self.ranking
         out = []
         for v in videos:
-            raw_s, passage_id = speech.get(v.id, (None, None))
+            raw_s, speech_moment = text[SPEECH].get(v.id, (None, None))
+            raw_o, screen_moment = text[SCREEN].get(v.id, (None, None))
             raw_v = visual.get(v.id)
             p_s = None if raw_s is None else float(calibrate(raw_s, ranking.speech_calibration))
+            p_o = None if raw_o is None else float(calibrate(raw_o, ranking.screen_calibration))
             p_v = None if raw_v is None else float(calibrate(raw_v, ranking.visual_calibration))
-            score = 1.0 - (1.0 - (p_v or 0.0)) * (1.0 - (p_s or 0.0))
-            out.append(_Scored(v.id, round(score, 6), _round(p_v), _round(p_s), passage_id, raw_s, raw_v))
+            score = 1.0 - (1.0 - (p_v or 0.0)) * (1.0 - (p_s or 0.0)) * (1.0 - (p_o or 0.0))
+            # The moment comes from the text channel that is surer (speech on a tie); either may lack a local one.
+            surer, other = ((screen_moment, speech_moment) if (p_o or 0.0) > (p_s or 0.0)
+                            else (speech_moment, screen_moment))
+            out.append(_Scored(v.id, round(score, 6), _round(p_v), _round(p_s), surer if surer is not None else other,
+                               raw_s, raw_v, _round(p_o), raw_o))
         return out
 
     def _idf(self, s, words: list[str]) -> np.ndarray:
@@ -338,22 +358,28 @@ class SearchService:
             values.append(math.log(1.0 + (total - df_w + 0.5) / (df_w + 0.5)))
         return np.array(values, dtype=np.float64)
 
-    def _speech_scores(self, s, video_ids: list[int], query: str, sentence_q: np.ndarray,
-                       text_scores: dict[int, float]) -> dict[int, tuple[float, int | None]]:
-        """video id -> (raw speech score, id of its best local passage: the moment). Per passage: the cosine of the
-        sentence embeddings plus the lexical term of ``Ranking.lexical``; the best passage per video scores it."""
+    def _text_scores(self, s, video_ids: list[int], query: str, sentence_q: np.ndarray,
+                     text_scores: dict[int, float]) -> dict[str, dict[int, tuple[float, int | None]]]:
+        """Per text channel (speech, screen: ``Ranking.screen``): video id -> (raw score, id of its best local
+        passage in that channel: the moment). Per passage: the cosine of the sentence embeddings plus the lexical
+        term of ``Ranking.lexical``; the best passage per video and channel scores it."""
+        out: dict[str, dict[int, tuple[float, int | None]]] = {SPEECH: {}, SCREEN: {}}
         if not video_ids:
-            return {}
+            return out
         ranking = self.ranking
         stmt = select(Passage.id, Passage.video_id, Passage.first_idx, Passage.last_idx, Passage.start_s,
-                      Passage.embedding).where(Passage.video_id.in_(video_ids))
+                      Passage.embedding, Passage.source).where(Passage.video_id.in_(video_ids))
         if not ranking.passages:
             stmt = stmt.where(Passage.first_idx == Passage.last_idx)
+        if ranking.screen == "off":
+            stmt = stmt.where(Passage.source == SPEECH)
         rows = s.execute(stmt).all()
         if not rows:
-            return {}
-        pid_col, vid_col, first_col, last_col, start_col, blobs = zip(*rows, strict=True)
+            return out
+        pid_col, vid_col, first_col, last_col, start_col, blobs, source_col = zip(*rows, strict=True)
         pids, vids = np.array(pid_col), np.array(vid_col)
+        # The channel each passage scores (as-speech: on-screen text is read as if it were said).
+        channels = [SPEECH if ranking.screen == "as-speech" else source for source in source_col]
         first, last = np.array(first_col), np.array(last_col)
         width = 2 * sentence_q.shape[-1]  # fp16 bytes per embedding
         if not all(len(b) == width for b in blobs):  # a passage of another encoder counts 0 until reindexed
@@ -369,17 +395,19 @@ class SearchService:
                 if seg_id in text_scores:
                     scores[i] = max(scores[i], text_scores[seg_id])
         local = first == last if ranking.moment == "segment" else (last - first) < MAX_WINDOW
-        # Per video: the best passage scores the video; the best local passage is the moment (earliest, then
+        # Per video and channel: the best passage scores it; the best local passage is the moment (earliest, then
         # shortest, among equals).
         starts = np.array(start_col, dtype=np.float64)
-        best_score: dict[int, float] = {}
-        moment: dict[int, int] = {}
+        best_score: dict[tuple[int, str], float] = {}
+        moment: dict[tuple[int, str], int] = {}
         for i in np.lexsort((last - first, starts, -scores, vids)).tolist():
-            vid = int(vids[i])
-            best_score.setdefault(vid, float(scores[i]))
+            key = (int(vids[i]), channels[i])
+            best_score.setdefault(key, float(scores[i]))
             if local[i]:
-                moment.setdefault(vid, int(pids[i]))
-        return {vid: (sc, moment.get(vid)) for vid, sc in best_score.items()}
+                moment.setdefault(key, int(pids[i]))
+        for (vid, channel), sc in best_score.items():
+            out[channel][vid] = (sc, moment.get((vid, channel)))
+        return out
 
     @staticmethod
     def _segment_ids(s, video_ids: list[int]) -> dict[tuple[int, int], int]:
@@ -432,7 +460,7 @@ class SearchService:
                                               .where(Video.id.in_(ids)))}
         passage_ids = [r.passage_id for r in ranked if r.passage_id is not None]
         passages = {p.id: p for p in s.execute(select(Passage.id, Passage.video_id, Passage.first_idx,
-                                                      Passage.last_idx, Passage.start_s, Passage.end_s)
+                                                      Passage.last_idx, Passage.start_s, Passage.end_s, Passage.source)
                                                .where(Passage.id.in_(passage_ids)))} if passage_ids else {}
         texts: dict[tuple[int, int], str] = {}
         if passages:
@@ -450,10 +478,10 @@ class SearchService:
             moment = None
             if p is not None:
                 text = " ".join(t for i in range(p.first_idx, p.last_idx + 1) if (t := texts.get((p.video_id, i))))
-                moment = Moment(p.start_s, p.end_s, text)
+                moment = Moment(p.start_s, p.end_s, text, p.source)
             out.append(SearchResult(r.video_id, video.filename, r.score, r.visual_score, r.speech_score,
                                     video.duration_s, video.transcript, moment, video.language,
-                                    video.thumbnail_path, r.raw_speech, r.raw_visual))
+                                    video.thumbnail_path, r.raw_speech, r.raw_visual, r.screen_score, r.raw_screen))
         return out
 
     def _readable(self, videos: list) -> tuple[list, np.ndarray, np.ndarray]:

@@ -40,6 +40,9 @@ class Settings:
     language_min_probability: float = 0.9
     asr_chunk_seconds: float = 600.0  # long audio is transcribed in chunks of this length
     asr_split_clauses: bool = True  # word timestamps cut segments at clause punctuation (finer moments)
+    # on-screen text (indexer.ocr): read text shown in the frames and search it as its own channel (SAVE_SEARCH_OCR=0
+    # turns it off; its cost per video is in BENCHMARKS.md, "On-screen text")
+    ocr: bool = True
     # limits
     max_duration_s: float = 4 * 3600.0
     max_size_bytes: int = 20 * 1024**3
@@ -54,6 +57,8 @@ class Settings:
     # logit = a * raw + b: maps a channel's raw score to the probability that the video is the one asked for
     speech_calibration: list[float] = field(default_factory=lambda: [13.9, -9.5])
     visual_calibration: list[float] = field(default_factory=lambda: [50.0, -12.5])
+    # fitted by bench.retrieval_bench --screen (BENCHMARKS.md, "Retrieval of on-screen text")
+    screen_calibration: list[float] = field(default_factory=lambda: [13.1, -7.7])
     api_keys: list[str] = field(default_factory=list)  # plain keys from the environment (or hashed in the DB)
     read_requires_key: bool = False  # once keys exist, writes always need one; reads only if this is set
     media_url_ttl_s: int = 3600  # with read_requires_key: how long a signed thumbnail/media URL stays valid

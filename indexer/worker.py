@@ -1,5 +1,6 @@
 """The ingest worker: claims job items and runs them through the stages
-hash -> probe -> decode -> transcribe -> encode -> store + database (one commit point) -> index.
+hash -> probe -> decode -> transcribe -> read on-screen text -> encode -> store + database (one commit point)
+-> index.
 
 Crash safety: a video becomes visible only in the transaction that also marks its item done, after its
 features are on disk (fsynced). A kill at any moment leaves either nothing (the item is reclaimed and
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import func, or_, select
@@ -48,6 +50,9 @@ from .workdir import (
     sweep_abandoned_work_dirs,
     sweep_orphan_files,
 )
+
+if TYPE_CHECKING:
+    from .ocr import ScreenReader
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +87,25 @@ class Prepared:
     inputs: VideoInputs
     text: EmbeddedTranscript
     thumbnail: Path
+    screen: ScreenText
+
+
+@dataclass(frozen=True)
+class ScreenText:
+    """The outcome of reading a video's on-screen text: (start, end, text) spans, and the ``Video.ocr_status`` /
+    ``ocr_error`` note (status None: not read, OCR is off)."""
+
+    spans: list[tuple[float, float, str]]
+    status: str | None
+    error: str | None = None
 
 
 class Services:
     """Loaded once per process and shared by the worker and the search service."""
 
     def __init__(self, settings: Settings, encoder: VisualEncoder | None = None,
-                 sentences: SentenceEncoder | None = None, transcriber: Transcriber | None = None) -> None:
+                 sentences: SentenceEncoder | None = None, transcriber: Transcriber | None = None,
+                 screen_reader: ScreenReader | None = None) -> None:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
         init_db(settings.db_url)
@@ -97,6 +114,7 @@ class Services:
         self.encoder = encoder or VisualEncoder(settings)
         self.sentences = sentences or SentenceEncoder()
         self._transcriber = transcriber
+        self._screen_reader = screen_reader
         self._lock = threading.Lock()
         self.index_lock = threading.RLock()  # the in-process catalog is shared by an embedded worker and the API
         status = self.encoder.status()
@@ -120,6 +138,28 @@ class Services:
             if self._transcriber is None:
                 self._transcriber = Transcriber.from_settings(self.settings)
             return self._transcriber
+
+    @property
+    def screen_reader(self) -> ScreenReader:
+        """The OCR model, loaded on first use (never when ``SAVE_SEARCH_OCR=0``)."""
+        with self._lock:
+            if self._screen_reader is None:
+                from .ocr import ScreenReader
+
+                self._screen_reader = ScreenReader(self.settings)
+            return self._screen_reader
+
+    def read_screen(self, path: Path, duration_s: float | None) -> ScreenText:
+        """A video's on-screen text. OCR is an extra: any failure is logged and noted, never raised, so the
+        video is still indexed with what it says (``save-search reindex --ocr`` tries again)."""
+        if not self.settings.ocr:
+            return ScreenText([], None)
+        try:
+            spans = self.screen_reader.read(path, duration_s)
+        except Exception as exc:  # noqa: BLE001 - a broken OCR must never fail the video
+            log.warning("on-screen text of %s could not be read: %s", path, exc, exc_info=True)
+            return ScreenText([], "failed", f"{type(exc).__name__}: {exc}")
+        return ScreenText([(s.start_s, s.end_s, s.text) for s in spans], "read")
 
 
 class Worker:
@@ -322,15 +362,18 @@ class Worker:
                 transcript = self.services.transcriber.transcribe(pcm)
             else:
                 transcript = Transcript("", None, 0.0, result.duration_s, [])
+        beat(item_id, self.owner, stage="ocr", progress=0.6)
+        with self.timed("ocr"):
+            screen = self.services.read_screen(path, result.duration_s)
         beat(item_id, self.owner, stage="prepare", progress=0.7)
         with self.timed("inputs"):
             inputs = self._model_inputs(decoded, pcm, transcript.text)
             thumb = save_thumbnail(decoded.thumbnail, work / "thumbnail.jpg")  # moved into place at the commit
         with self.timed("sentences"):
             text = embed_transcript(self.services.sentences, [(s.start, s.end, s.text) for s in transcript.segments],
-                                    settings.normalize_sentence_input)
+                                    settings.normalize_sentence_input, screen.spans)
         return Prepared(item_id, path, item.filename, content_hash, item.video_id, result, decoded, transcript, inputs,
-                        text, thumb)
+                        text, thumb, screen)
 
     def _model_inputs(self, decoded: DecodedVideo, pcm: np.ndarray | None, transcript: str) -> VideoInputs:
         encoder = self.services.encoder
@@ -357,7 +400,8 @@ class Worker:
                               transcript=t.text, language=t.language, language_probability=t.language_probability,
                               language_method=t.language_method or None,
                               language_decision=t.language_decision or None,
-                              model_mode=status.mode, status="indexed", error=None)
+                              model_mode=status.mode, status="indexed", error=None,
+                              ocr_status=p.screen.status, ocr_error=p.screen.error)
                 video = s.get(Video, p.reserved_video_id) if p.reserved_video_id else None
                 if video is None:
                     video = Video(**fields)
@@ -387,8 +431,8 @@ class Worker:
                 raise
             self._finish_duplicate(p.item_id, existing, p.content_hash)
             return existing
-        log.info("indexed %s as video %s (%.1f s, %s, %d segments)", p.filename, video_id, p.probe.duration_s,
-                 status.mode, len(t.segments))
+        log.info("indexed %s as video %s (%.1f s, %s, %d segments, %d on-screen text spans)", p.filename, video_id,
+                 p.probe.duration_s, status.mode, len(t.segments), len(p.screen.spans))
         return video_id
 
 

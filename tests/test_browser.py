@@ -378,3 +378,32 @@ def test_g_read_keys_thumbnails_and_playback(browser, server_home, jfk_indexed):
             shot(pg, "g1-read-keys-player")
         finally:
             context.close()
+
+
+def test_h_on_screen_match_is_labelled_and_listed(page, server, tmp_path):
+    """Text shown in the video (read by the real OCR at ingest): the match says "on screen, start–end", highlights
+    the query's words like speech, and the player lists the on-screen text next to the transcript."""
+    from tests.media_fixtures import TextShown, text_video
+
+    clip = text_video(tmp_path / "slide.mp4", [TextShown(2.0, 7.0, "Quarterly results: revenue up 12 percent",
+                                                         style="slide", font_size="large")], 9.0, clip="boat.mp4")
+    with clip.open("rb") as f:
+        accepted = httpx.post(f"{server}/v1/videos", files={"file": ("slide.mp4", f, "video/mp4")}, timeout=60).json()
+    assert wait_for_job(lambda path: httpx.get(server + path).json(), accepted["job_id"],
+                        timeout=INGEST_TIMEOUT_MS / 1000, poll=0.5)["status"] == "done"
+    page.goto("/?q=quarterly+revenue+grew+twelve+percent")
+    card = page.locator(".card", has_text="slide.mp4").first
+    card.wait_for()
+    moment = card.locator(".moment.on-screen")
+    label = moment.locator(".range").inner_text()
+    assert label.startswith("on screen, 0:0") and "–0:0" in label, label
+    assert {m.lower() for m in moment.locator("mark").all_inner_texts()} >= {"revenue"}
+    assert "on screen" in card.locator(".meta").inner_text()
+    shot(page, "h1-on-screen-match")
+    moment.click()
+    page.locator("#player").wait_for(state="visible")
+    shown = page.locator("#screen-text button.segment")
+    shown.first.wait_for()
+    assert page.locator("#screen-heading").is_visible() and "revenue" in shown.first.inner_text().lower()
+    assert page.locator("#transcript-status").inner_text() == "This video has no transcript (no speech)."
+    shot(page, "h2-on-screen-player")

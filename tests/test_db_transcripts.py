@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from indexer.db import Base, Passage, Segment, Video, make_engine, session_factory
+from indexer.db import SPEECH, Base, Passage, Segment, Video, make_engine, session_factory
 from indexer.migrate import PG_FTS_INDEX, current_revision, head_revision, include_object, init_db
 from indexer.text import content_terms, terms, word_spans
 from indexer.transcripts import SegmentHit, document_frequencies, search_segments
@@ -119,7 +119,7 @@ def test_current_revision_of_empty_database_is_none(fresh_db_url: str) -> None:
 
 
 def test_migrations_twice_are_a_noop(db_url: str, engine: Engine) -> None:
-    assert current_revision(db_url) == head_revision() == "0003"
+    assert current_revision(db_url) == head_revision() == "0004"
     before = _schema_snapshot(engine)
     with session_factory(engine)() as s:
         s.add(_video("c" * 64, ["hello world"]))
@@ -402,18 +402,18 @@ def test_best_passage_per_video(session: Session) -> None:
     c = _video("c" * 64, [])
     session.add_all([a, b, c])
     session.commit()
-    scores = _Stub(Ranking(lexical="none")).service._speech_scores(session, [a.id, b.id, c.id], "q", query, {})
+    scores = _Stub(Ranking(lexical="none")).service._text_scores(session, [a.id, b.id, c.id], "q", query, {})[SPEECH]
     assert set(scores) == {a.id, b.id}
     pid = {(p.video_id, p.first_idx, p.last_idx): p.id for p in session.scalars(select(Passage))}
     assert scores[a.id][0] == pytest.approx(0.9, abs=1e-3)  # the whole transcript scores the video...
     assert scores[a.id][1] == pid[(a.id, 1, 1)]  # ...the best single segment is the moment (the default)
     assert scores[b.id][1] == pid[(b.id, 0, 0)]  # equal scores: the earliest
-    windows = _Stub(Ranking(lexical="none", moment="passage")).service._speech_scores(session, [a.id, b.id], "q",
-                                                                                       query, {})
+    windows = _Stub(Ranking(lexical="none", moment="passage")).service._text_scores(session, [a.id, b.id], "q",
+                                                                                     query, {})[SPEECH]
     assert windows[a.id] == (pytest.approx(0.9, abs=1e-3), pid[(a.id, 1, 2)])  # the best window, never (0, 3)
     assert windows[b.id][1] == pid[(b.id, 0, 0)]  # equal scores: the earliest, then the shortest
     only_segments = _Stub(Ranking(lexical="none", passages=False)).service
-    scores = only_segments._speech_scores(session, [a.id], "q", query, {})
+    scores = only_segments._text_scores(session, [a.id], "q", query, {})[SPEECH]
     assert scores[a.id] == (pytest.approx(0.6, abs=1e-3), pid[(a.id, 1, 1)])
 
 
@@ -433,12 +433,12 @@ def test_lexical_coverage_adds_to_meaning_never_replaces_it(session: Session) ->
     session.commit()
     q = "gothic script from ancient Rome"
     stub = _Stub(Ranking(lexical="coverage", lexical_weight=0.1)).service
-    scores = stub._speech_scores(session, [meaning.id, word.id], q, query, {})
+    scores = stub._text_scores(session, [meaning.id, word.id], q, query, {})[SPEECH]
     assert 0.1 < scores[word.id][0] <= 0.2 + 1e-3 and scores[meaning.id][0] == pytest.approx(0.6, abs=1e-3)
     assert scores[meaning.id][0] > scores[word.id][0]
     seg_id = word.segments[0].id
-    old = _Stub(Ranking(lexical="max-fulltext")).service._speech_scores(session, [meaning.id, word.id], q, query,
-                                                                         {seg_id: 0.77})
+    old = _Stub(Ranking(lexical="max-fulltext")).service._text_scores(session, [meaning.id, word.id], q, query,
+                                                                       {seg_id: 0.77})[SPEECH]
     assert old[word.id][0] == pytest.approx(0.77) and old[word.id][0] > old[meaning.id][0]
 
 

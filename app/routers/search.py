@@ -1,4 +1,4 @@
-"""GET /v1/search: ranked videos with their transcript and best matching moment."""
+"""GET /v1/search: ranked videos with their transcript and best matching moment (said or shown on screen)."""
 
 from __future__ import annotations
 
@@ -46,11 +46,12 @@ def to_api(result: Found, query: str, state: AppState, content_hash: str) -> Sea
     seg = result.segment
     return SearchResult(
         video_id=result.video_id, filename=result.filename, score=result.score, visual_score=result.visual_score,
-        speech_score=result.speech_score, duration=result.duration, language=result.language,
+        speech_score=result.speech_score, screen_score=result.screen_score, duration=result.duration,
+        language=result.language,
         thumbnail_url=state.media_url(result.video_id, "thumbnail", content_hash),
         video_url=state.media_url(result.video_id, "media", content_hash),
         transcript=result.transcript,
-        segment=None if seg is None else Moment(start=seg.start, end=seg.end, text=seg.text,
+        segment=None if seg is None else Moment(start=seg.start, end=seg.end, text=seg.text, source=seg.source,
                                                 highlights=word_spans(seg.text, query)),
     )
 

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from indexer.db import Video
+from indexer.db import SCREEN, SPEECH, Segment, Video
 from indexer.names import path_from_db
 
 from ..deps import AppState, MediaReadState, ReadState, WriteState
@@ -30,8 +30,14 @@ def _video_out(state: AppState, v: Video) -> VideoOut:
         thumbnail_url=state.media_url(v.id, "thumbnail", v.content_hash),
         video_url=state.media_url(v.id, "media", v.content_hash),
         transcript=v.transcript or "",
-        segments=[SegmentOut(start=s.start_s, end=s.end_s, text=s.text) for s in v.segments],
+        segments=[_segment_out(s) for s in v.segments if s.source == SPEECH],
+        screen_text=sorted((_segment_out(s) for s in v.segments if s.source == SCREEN), key=lambda s: s.start),
+        ocr_status=v.ocr_status, ocr_error=v.ocr_error,
     )
+
+
+def _segment_out(s: Segment) -> SegmentOut:
+    return SegmentOut(start=s.start_s, end=s.end_s, text=s.text, source=s.source)
 
 
 def _get(state: AppState, video_id: int) -> Video:
@@ -69,7 +75,7 @@ def list_videos(state: ReadState, limit: int = Query(50, ge=1, le=500),
 
 
 @router.get("/{video_id}", response_model=VideoOut, responses={404: {"model": ErrorOut}},
-            summary="Metadata and the transcript with its segments")
+            summary="Metadata, the transcript with its segments, and the text shown on screen")
 def get_video(video_id: DbId, state: ReadState) -> VideoOut:
     return _video_out(state, _get(state, video_id))
 

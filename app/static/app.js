@@ -191,6 +191,7 @@ function resultCard(r) {
   const parts = [];
   if (score(r.visual_score) !== null) parts.push("visual " + score(r.visual_score));
   if (score(r.speech_score) !== null) parts.push("speech " + score(r.speech_score));
+  if (score(r.screen_score) !== null) parts.push("on screen " + score(r.screen_score));
   meta.append(el("span", "score", "score " + score(r.score)));
   if (parts.length) meta.append(el("span", "parts", "(" + parts.join(", ") + ")"));
   meta.append(el("span", null, formatTime(r.duration)));
@@ -198,11 +199,14 @@ function resultCard(r) {
   body.append(meta);
 
   if (seg) {
-    // The best matching moment: clicking it plays from there.
-    const moment = el("button", "moment");
+    // The best matching moment (said, or shown on screen): clicking it plays from there.
+    const onScreen = seg.source === "screen";
+    const moment = el("button", onScreen ? "moment on-screen" : "moment");
     moment.type = "button";
-    moment.setAttribute("aria-label", "Play from " + formatTime(seg.start) + ": " + seg.text);
-    moment.append(el("span", "range", formatTime(seg.start) + "–" + formatTime(seg.end)));
+    const range = formatTime(seg.start) + "–" + formatTime(seg.end);
+    moment.setAttribute("aria-label", "Play from " + formatTime(seg.start) + (onScreen ? ", shown on screen: " : ": ")
+      + seg.text);
+    moment.append(el("span", "range", onScreen ? "on screen, " + range : range));
     const text = el("span", "moment-text");
     text.append(highlighted(seg.text, seg.highlights));
     moment.append(text);
@@ -248,27 +252,37 @@ function openPlayer(r, start) {
   loadTranscript(r.video_id, seq);
 }
 
-async function loadTranscript(videoId, seq) {
-  const list = $("transcript");
+// Fills a list with segments (transcript or on-screen text) that play from their start when clicked.
+function fillSegments(list, segments, label) {
   list.replaceChildren();
+  for (const s of segments) {
+    const item = el("li");
+    const button = el("button", "segment");
+    button.type = "button";
+    button.dataset.start = s.start;
+    button.dataset.end = s.end;
+    button.append(el("span", "range", label(s)), el("span", null, s.text));
+    button.addEventListener("click", () => {
+      $("video").currentTime = s.start;
+      $("video").play().catch(() => {});
+    });
+    item.append(button);
+    list.append(item);
+  }
+}
+
+async function loadTranscript(videoId, seq) {
+  $("transcript").replaceChildren();
+  $("screen-text").replaceChildren();
+  $("screen-heading").hidden = true;
   $("transcript-status").textContent = "Loading the transcript…";
   try {
     const video = await api("/v1/videos/" + encodeURIComponent(videoId));
     if (seq !== playerSeq) return;
-    for (const s of video.segments) {
-      const item = el("li");
-      const button = el("button", "segment");
-      button.type = "button";
-      button.dataset.start = s.start;
-      button.dataset.end = s.end;
-      button.append(el("span", "range", formatTime(s.start)), el("span", null, s.text));
-      button.addEventListener("click", () => {
-        $("video").currentTime = s.start;
-        $("video").play().catch(() => {});
-      });
-      item.append(button);
-      list.append(item);
-    }
+    fillSegments($("transcript"), video.segments, (s) => formatTime(s.start));
+    const shown = video.screen_text || [];
+    fillSegments($("screen-text"), shown, (s) => formatTime(s.start) + "–" + formatTime(s.end));
+    $("screen-heading").hidden = !shown.length;
     $("transcript-status").textContent = video.segments.length ? "" : "This video has no transcript (no speech).";
     markCurrentSegment();
   } catch (err) {
@@ -278,10 +292,10 @@ async function loadTranscript(videoId, seq) {
   }
 }
 
-// Marks the transcript segment being played, so the text follows the video.
+// Marks the transcript segment and on-screen text being played, so the text follows the video.
 function markCurrentSegment() {
   const t = $("video").currentTime;
-  for (const button of $("transcript").querySelectorAll("button.segment")) {
+  for (const button of document.querySelectorAll("#transcript button.segment, #screen-text button.segment")) {
     const on = t >= Number(button.dataset.start) && t < Number(button.dataset.end);
     if (on) button.setAttribute("aria-current", "true");
     else button.removeAttribute("aria-current");
