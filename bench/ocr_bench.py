@@ -4,6 +4,7 @@ real clips' watermarks become, and the OCR share of ingest.
     .venv/bin/python -m bench.ocr_bench                     # PP-OCRv5 (the bundled engine); appends to BENCHMARKS.md
     /tmp/easyvenv/bin/python -m bench.ocr_bench --easyocr   # also EasyOCR, where easyocr + its offline models import
     .venv/bin/python -m bench.ocr_bench --quick --no-append # a smoke run
+    .venv/bin/python -m bench.ocr_bench --ingest            # the ingest worker with OCR off and on
 
 Frames: real LJSpeech sentences (``tests.media_fixtures.ljspeech_transcripts``) drawn with
 ``tests.media_fixtures.draw_text`` over frames of the real clips in media/video, in every style (caption, slide,
@@ -231,6 +232,46 @@ def ingest_share(clips: Sequence[Path]) -> tuple[list[list[object]], float, floa
     return rows, total_cpu, total_video, samples, read
 
 
+def ingest_on_off(quick: bool, command: str) -> str:
+    """The real worker (``bench.ingest_bench``'s pipeline: full-size SAVE with random weights, Whisper base,
+    MiniLM) over the ingest benchmark's clips, once with ``SAVE_SEARCH_OCR=0`` and once with it on."""
+    import torch
+
+    from bench.ingest_bench import build_model, make_clips, make_clips_warmup, make_services, run_pipeline
+
+    torch.set_num_threads(2)
+    clips = make_clips(WORK / "ocr-clips", quick)
+    warmup = make_clips_warmup(WORK / "ocr-clips")
+    model = build_model()
+    load = wait_for_quiet()
+    rows = []
+    for ocr in (False, True):
+        home = WORK / f"ingest-ocr-{int(ocr)}"
+        services = make_services(home, model, batch=8, device="cpu", whisper_threads=2, whisper_model=None)
+        services.settings.ocr = ocr
+        worker, wall, cpu = run_pipeline(services, clips, warmup)
+        stats = dict(worker.stats)
+        video_s = stats.get("video_seconds", 0.0)
+        rows.append([f"SAVE_SEARCH_OCR={int(ocr)}", int(stats.get("videos", 0)), video_s, wall, cpu,
+                     stats.get("ocr", 0.0), video_s / wall, 60 * cpu / max(video_s, 1e-9)])
+    off, on = rows
+    body = "\n".join([
+        f"The real worker (`bench.ingest_bench` pipeline: SAVE `save-b32` with random weights, fused path; Whisper "
+        f"base; MiniLM; SQLite; FAISS; torch 2 threads, batch 8) over {len(clips)} clips "
+        f"({', '.join(c.name for c in clips)}), a warm-up clip first in each run (not counted).",
+        "",
+        md_table(["run", "videos", "seconds of video", "wall s", "process CPU s", "`ocr` stage wall s",
+                  "throughput (s of video per s)", "CPU s per minute of video"], rows),
+        "",
+        md_table(["summary", "value"], [
+            ["**OCR share of ingest CPU time ((on - off) / on)**", f"{100 * (on[4] - off[4]) / on[4]:.1f} %"],
+            ["OCR share of ingest wall time (`ocr` stage / wall, OCR on)", f"{100 * on[5] / on[3]:.1f} %"],
+            ["throughput OCR on / OCR off", f"{on[6] / off[6]:.2f}x"],
+        ]),
+    ])
+    return entry("Ingest throughput with on-screen text (OCR) on and off", command, load, body)
+
+
 def run(args: argparse.Namespace, command: str) -> str:
     from bench.ingest_bench import MEDIA, make_clips
 
@@ -305,8 +346,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--per-combo", type=int, default=2, help="sentences per style x size x contrast")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 sentence per combination, 2 clips")
     p.add_argument("--no-append", action="store_true", help="print only, do not append to BENCHMARKS.md")
+    p.add_argument("--ingest", action="store_true",
+                   help="instead: the real ingest worker over the ingest clips with OCR off and on")
     args = p.parse_args(argv)
-    text = run(args, command_line("bench.ocr_bench", argv))
+    command = command_line("bench.ocr_bench", argv)
+    text = ingest_on_off(args.quick, command) if args.ingest else run(args, command)
     publish(text, append=not (args.no_append or args.quick))
     return 0
 

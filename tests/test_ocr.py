@@ -123,7 +123,21 @@ def test_the_model_loads_from_the_package_and_writes_nothing_to_the_current_dire
     assert list(tmp_path.iterdir()) == []
 
 
-# --- sampling, near-duplicates, merging, junk (no model) ----------------------------------------------------
+# --- sampling, near-duplicates, merging, junk, providers (no model) ----------------------------------------
+
+@pytest.mark.parametrize(("device", "available", "expected"), [
+    ("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    ("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]),
+    ("cuda", ["CPUExecutionProvider"], ["CPUExecutionProvider"]),  # no onnxruntime-gpu: CPU, with a warning
+])
+def test_the_cuda_provider_is_used_when_installed_and_allowed(monkeypatch, tmp_path, device, available, expected):
+    import onnxruntime
+
+    from indexer.ocr import _providers
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: available)
+    assert _providers(Settings(home=tmp_path, device=device)) == expected
+
 
 def test_sampling_is_one_per_second_capped_per_video():
     assert sample_times(3.5) == [0.0, 1.0, 2.0, 3.0]
