@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -247,6 +248,7 @@ def ingest_on_off(quick: bool, command: str) -> str:
     rows = []
     for ocr in (False, True):
         home = WORK / f"ingest-ocr-{int(ocr)}"
+        shutil.rmtree(home, ignore_errors=True)  # a fresh collection: a previous run's videos would be duplicates
         services = make_services(home, model, batch=8, device="cpu", whisper_threads=2, whisper_model=None)
         services.settings.ocr = ocr
         worker, wall, cpu = run_pipeline(services, clips, warmup)
