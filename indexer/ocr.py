@@ -74,7 +74,8 @@ class ScreenSpan:
     """One line (or block of lines shown together) of text visible from ``start_s`` to ``end_s``.
 
     ``start_s`` and ``end_s`` are the first and last sample times the text was read on, so the text is
-    certainly visible in between (it may show up to one sampling step earlier or later).
+    certainly visible in between (it may show up to two sampling steps earlier, since the sample after one
+    without text is skipped, and up to one step later). ``text`` joins the lines of a block with newlines.
     """
 
     start_s: float

