@@ -376,7 +376,8 @@ def search(
     if not page.results:
         typer.echo("no results")
     for rank, r in enumerate(page.results, 1):
-        moment = f" [{r.segment.start:.1f}-{r.segment.end:.1f}s] {r.segment.text}" if r.segment else ""
+        where = "on screen, " if r.segment and r.segment.source == "screen" else ""
+        moment = f" [{where}{r.segment.start:.1f}-{r.segment.end:.1f}s] {r.segment.text}" if r.segment else ""
         typer.echo(f"{rank:>2}. {r.filename} (video {r.video_id}) score {r.score:.3f}{moment}")
 
 

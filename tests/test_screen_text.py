@@ -280,3 +280,24 @@ def test_evaluation_fits_the_screen_channel(services, collection) -> None:
     speech = calibration_pairs(report.outcomes, "speech")
     assert {right for _, right in screen} == {True, False}  # the other video with on-screen text is a wrong one
     assert len(screen) >= 4 and len(speech) >= 2  # both queries see (at least) slides and recipe on screen
+
+
+def test_cli_reindex_ocr_reads_with_the_real_model_and_reports_progress(tmp_path, monkeypatch) -> None:
+    """`save-search reindex --ocr` reads videos that were never read even when ingest has OCR off."""
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("SAVE_SEARCH_HOME", str(home))
+    monkeypatch.setenv("SAVE_SEARCH_MODEL", str(home / "no-visual-model"))
+    monkeypatch.setenv("SAVE_SEARCH_OCR", "0")
+    services = Services(Settings.from_env())
+    assert services.settings.ocr is False
+    video_id = _add_video(services, "lesson.mp4", PRINTING, [], ocr_status=None)
+    result = CliRunner().invoke(app, ["reindex", "--ocr", "--rebuild-only"])
+    assert result.exit_code == 0, result.output
+    assert f"[1/1] on-screen text of video {video_id} (lesson.mp4): read" in result.output
+    assert "read the on-screen text of 1 video(s), 0 failed" in result.output
+    with services.sessions() as s:
+        assert s.get(Video, video_id).ocr_status == "read"
