@@ -1,6 +1,6 @@
 """Re-indexing: a model change never mixes embedding spaces. Videos encoded with another model version
-(or none, from speech mode) are re-encoded from their media file with the current model; the FAISS indexes
-can always be rebuilt from the vectors stored with each row."""
+(or none, from speech mode) are re-encoded from their media file with the current model; the indexes can always
+be rebuilt from the vectors stored with each row, and checked against the database (``verify_indexes``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import or_, select
 
-from .catalog import to_blob
+from .catalog import SyncReport, to_blob
 from .db import TEXT_REINDEX_NEEDED, Meta, Passage, Video
 from .decode import decode, pcm_memmap
 from .errors import IngestError
@@ -69,16 +69,20 @@ def reencode_stale(services: Services, batch: int = 8, worker_id: str = "reindex
 
 
 def rebuild_indexes(services: Services) -> dict[str, int]:
-    """Drop the published index snapshots and rebuild them from the database."""
-    catalog = services.catalog
-    for managed in catalog.indexes():
-        shutil.rmtree(managed.folder, ignore_errors=True)
-        managed.load()
-    catalog.sync_and_publish()
-    counts = {"passages": len(catalog.passages.index)}
-    if catalog.videos is not None:
-        counts["videos"] = len(catalog.videos.index)
-    return counts
+    """Drop the index entries (snapshot files, or Milvus collections) and rebuild them from the database."""
+    with services.index_lock:
+        return services.catalog.rebuild()
+
+
+def verify_indexes(services: Services) -> dict[str, SyncReport]:
+    """Compare the database with the indexes (ids per embedding space, each way) and repair the differences:
+    what a worker killed between its commit and its index write, or a delete cut short, leaves behind."""
+    model = services.encoder.model
+    if model is not None:  # opens the frame features too, so that they are checked
+        services.catalog.open_features(model.config.num_frames, model.config.embed_dim, "verify")
+    services.catalog.prepare()
+    with services.index_lock:
+        return services.catalog.repair()
 
 
 def reindex_text(services: Services, batch: int = 64) -> int:
