@@ -438,7 +438,7 @@ def reindex(
 ) -> None:
     """Re-encode videos made with another model (never mixing embedding spaces), then rebuild the indexes."""
     _setup_logging()
-    from indexer.reindex import rebuild_indexes, reencode_stale, reindex_text, verify_indexes
+    from indexer.reindex import copy_shard_features, rebuild_indexes, reencode_stale, reindex_text, verify_indexes
 
     services = _services(_settings(database_url, model))
     if verify:
@@ -452,6 +452,9 @@ def reindex(
     if not rebuild_only:
         done, failed = reencode_stale(services)
         typer.echo(f"re-encoded {done} video(s), {failed} failed")
+    copied = copy_shard_features(services)
+    if copied:
+        typer.echo(f"copied the frame features of {copied} video(s) from the shard files into Milvus")
     counts = rebuild_indexes(services)
     typer.echo(f"indexes rebuilt: {counts}")
 

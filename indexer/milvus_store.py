@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MILVUS_SHARD = "milvus"  # Video.feature_shard of a video whose frame features live in Milvus
+# Video.feature_shard of a video whose frame features were written to Milvus (informational: Milvus finds them by
+# video id in the model version's collection, so features copied from shard files are found as well)
+MILVUS_SHARD = "milvus"
 CONSISTENCY = "Strong"  # a committed video is searchable from every API process as soon as its write returns
 WRITE_BATCH = 1000  # rows per insert/upsert/delete request (gRPC messages stay well below their size limit)
 MAX_LIMIT = 16384  # Milvus's top-k and query limit
@@ -95,10 +97,8 @@ class MilvusFrames:
         out_masks = np.empty((len(refs), self.frames), dtype=np.uint8)
         if not refs:
             return out_frames, out_masks
-        for ref in refs:
-            if ref.shard != MILVUS_SHARD or ref.video_id is None:
-                raise FeatureStoreError(f"the features of video {ref.video_id} are in {ref.shard!r}, not in Milvus: "
-                                        "run `save-search reindex` on this backend")
+        if any(r.video_id is None for r in refs):
+            raise FeatureStoreError("Milvus finds frame features by video id: build each FeatureRef with one")
         rows = {}
         for part in _chunks(sorted({int(r.video_id) for r in refs if r.video_id is not None}), MAX_LIMIT):
             for row in self.client.query(self.name, ids=part, output_fields=["frames", "mask"],
@@ -321,7 +321,7 @@ class MilvusCatalog(VectorCatalog):
     def _sync_frames(self, s) -> SyncReport:
         assert self._frames is not None
         db_ids = set(s.scalars(select(Video.id).where(Video.model_version == self.model_version,
-                                                        Video.feature_shard == MILVUS_SHARD)))
+                                                        Video.feature_shard.is_not(None))))
         have = self._ids(self._frames.name)
         report = SyncReport(count=len(db_ids & have), missing=len(db_ids - have))
         if report.missing:

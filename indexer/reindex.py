@@ -17,6 +17,7 @@ from .decode import decode, pcm_memmap
 from .errors import IngestError
 from .names import path_from_db
 from .passages import embed_transcript
+from .store import FeatureRef, FeatureStore, FeatureStoreError
 from .text import normalize
 from .worker import Services, Worker
 
@@ -66,6 +67,39 @@ def reencode_stale(services: Services, batch: int = 8, worker_id: str = "reindex
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return done, failed
+
+
+def copy_shard_features(services: Services, batch: int = 256) -> int:
+    """Moving a collection to Milvus: copy the frame features of the current model's videos from the shard files
+    under the home folder (run it where they are readable) into Milvus, and point the rows there. Rows already
+    there, of another model, or without features are left alone. Returns the number of videos copied."""
+    model = services.encoder.model
+    version = services.encoder.status().model_version
+    if services.settings.vector_store != "milvus" or model is None:
+        return 0
+    from .milvus_store import MILVUS_SHARD
+
+    frames, dim = model.config.num_frames, model.config.embed_dim
+    target = services.catalog.open_features(frames, dim, "copy")
+    with services.sessions() as s:
+        ids = list(s.scalars(select(Video.id).where(Video.model_version == version, Video.feature_shard.is_not(None),
+                                                    Video.feature_shard != MILVUS_SHARD).order_by(Video.id)))
+    if not ids:
+        return 0
+    shards = FeatureStore(services.settings.features_dir, frames, dim, owner="copy")
+    copied = 0
+    for start in range(0, len(ids), batch):
+        with services.sessions.begin() as s:
+            for video in s.scalars(select(Video).where(Video.id.in_(ids[start:start + batch]))):
+                try:
+                    f, m = shards.read(FeatureRef(video.feature_shard, video.feature_offset, video.id))
+                except FeatureStoreError as exc:
+                    log.warning("video %s: %s; `save-search reindex` after the switch re-encodes it", video.id, exc)
+                    continue
+                ref = target.append(video.id, f, m)
+                video.feature_shard, video.feature_offset = ref.shard, ref.offset
+                copied += 1
+    return copied
 
 
 def rebuild_indexes(services: Services) -> dict[str, int]:
