@@ -434,17 +434,33 @@ def reindex(
     ocr: Annotated[bool, typer.Option(
         "--ocr", help="Also read the on-screen text of videos that have none yet (indexed before OCR, with "
                       "SAVE_SEARCH_OCR=0, or whose OCR failed): decodes their frames again.")] = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Only compare the database with the indexes (ids per model version, both ways) and "
+                         "repair the differences; nothing is re-encoded or rebuilt.")] = False,
     database_url: DatabaseOpt = None,
     model: ModelOpt = None,
 ) -> None:
     """Re-encode videos made with another model (never mixing embedding spaces), then rebuild the indexes."""
     _setup_logging()
-    from indexer.reindex import rebuild_indexes, reencode_stale, reindex_ocr, reindex_text
+    from indexer.reindex import (
+        copy_shard_features,
+        rebuild_indexes,
+        reencode_stale,
+        reindex_ocr,
+        reindex_text,
+        verify_indexes,
+    )
 
     settings = _settings(database_url, model)
     if ocr:
         settings.ocr = True  # asked for explicitly: SAVE_SEARCH_OCR=0 only governs ingest
     services = _services(settings)
+    if verify:
+        for name, report in verify_indexes(services).items():
+            missing = f", {report.missing} without frame features (run `save-search reindex`)" * bool(report.missing)
+            typer.echo(f"{name}: {report.count} in the database, {report.added} added, {report.removed} removed"
+                       f"{missing}")
+        return
     if text:
         typer.echo(f"recomputed the text data of {reindex_text(services)} video(s)")
     if ocr:
@@ -457,6 +473,9 @@ def reindex(
     if not rebuild_only:
         done, failed = reencode_stale(services)
         typer.echo(f"re-encoded {done} video(s), {failed} failed")
+    copied = copy_shard_features(services)
+    if copied:
+        typer.echo(f"copied the frame features of {copied} video(s) from the shard files into Milvus")
     counts = rebuild_indexes(services)
     typer.echo(f"indexes rebuilt: {counts}")
 
