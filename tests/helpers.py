@@ -18,3 +18,15 @@ def wait_for_job(get_json: Callable[[str], dict], job_id: int, timeout: float = 
             return job
         time.sleep(poll)
     raise AssertionError(f"job {job_id} did not finish in {timeout} s: {job}")
+
+
+def migrate_to(db_url: str, target: str, down: bool = False) -> None:
+    """Run the Alembic migrations of ``db_url`` up (or ``down``) to ``target``, as ``init_db`` does."""
+    import alembic.command as command
+
+    from indexer.migrate import alembic_config, locked_connection
+
+    cfg = alembic_config(db_url)
+    with locked_connection(db_url) as conn:
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, target)

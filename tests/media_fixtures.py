@@ -33,18 +33,27 @@ def speech_video(audio: Path | np.ndarray, out: Path, color: tuple[int, int, int
         a.layout = "mono"
         frame_img = np.zeros((size, size, 3), dtype=np.uint8)
         frame_img[:] = color
+        images = []
         for i in range(max(1, int(np.ceil(duration * fps)))):
             img = frame_img.copy()
             img[: size // 8, : (i % 8 + 1) * size // 8] = 255  # a little motion
-            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
-            vf.pts = i
-            vf.time_base = Fraction(1, fps)
-            for packet in v.encode(vf):
-                container.mux(packet)
-        for packet in v.encode():
-            container.mux(packet)
+            images.append(img)
+        _encode_frames(container, v, images, fps)
         _encode_audio(container, a, samples)
     return out
+
+
+def _encode_frames(container: av.container.OutputContainer, stream: av.video.stream.VideoStream,
+                   images: list[np.ndarray], fps: int) -> None:
+    """Encode RGB images as consecutive frames at ``fps`` and flush the encoder."""
+    for i, img in enumerate(images):
+        vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+        vf.pts = i
+        vf.time_base = Fraction(1, fps)
+        for packet in stream.encode(vf):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
 
 
 def _encode_audio(container: av.container.OutputContainer, stream: av.audio.stream.AudioStream,
@@ -210,19 +219,14 @@ def text_video(out: Path, shown: list[TextShown], duration_s: float, clip: str =
         if samples is not None:
             a = container.add_stream("aac", rate=16000)
             a.layout = "mono"
+        images = []
         for i, background in enumerate(backgrounds):
-            t = i / fps
             img = background
             for item in shown:
-                if item.start_s <= t < item.end_s:
+                if item.start_s <= i / fps < item.end_s:
                     img = draw_text(img, item.text, item.style, item.font_size, item.contrast)
-            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
-            vf.pts = i
-            vf.time_base = Fraction(1, fps)
-            for packet in v.encode(vf):
-                container.mux(packet)
-        for packet in v.encode():
-            container.mux(packet)
+            images.append(img)
+        _encode_frames(container, v, images, fps)
         if a is not None:
             _encode_audio(container, a, samples)
     return out

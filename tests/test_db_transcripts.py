@@ -21,6 +21,7 @@ from indexer.db import SPEECH, Base, Passage, Segment, Video, make_engine, sessi
 from indexer.migrate import PG_FTS_INDEX, current_revision, head_revision, include_object, init_db
 from indexer.text import content_terms, terms, word_spans
 from indexer.transcripts import SegmentHit, document_frequencies, search_segments
+from tests.helpers import migrate_to
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,16 +136,10 @@ def test_migrations_twice_are_a_noop(db_url: str, engine: Engine) -> None:
 def test_migration_0003_keeps_an_old_collection_searchable(fresh_db_url: str) -> None:
     """A collection made before passages: segment embeddings become one-segment passages, full text moves to the
     normalised text, and the collection is flagged for `reindex --text`; downgrading restores the old shape."""
-    import alembic.command as command
-
     from indexer.db import TEXT_REINDEX_NEEDED, Meta
-    from indexer.migrate import alembic_config, locked_connection
 
     def migrate(target: str, down: bool = False) -> None:
-        cfg = alembic_config(fresh_db_url)
-        with locked_connection(fresh_db_url) as conn:
-            cfg.attributes["connection"] = conn
-            (command.downgrade if down else command.upgrade)(cfg, target)
+        migrate_to(fresh_db_url, target, down)
 
     migrate("0002")
     eng = make_engine(fresh_db_url)

@@ -18,6 +18,7 @@ from indexer.passages import MAX_WINDOW, embed_transcript
 from indexer.search import Ranking, SearchService
 from indexer.settings import Settings
 from indexer.worker import Services, Worker
+from tests.helpers import migrate_to
 from tests.media_fixtures import MEDIA
 
 SILENT_CLIP = MEDIA / "video" / "silence_girl.mp4"  # no audio track: ingest never loads Whisper
@@ -72,16 +73,10 @@ def test_screen_spans_follow_speech_and_are_never_windowed_with_it() -> None:
 
 
 def test_migration_0004_marks_existing_rows_speech_and_downgrades_without_screen_text(fresh_db_url: str) -> None:
-    import alembic.command as command
-
-    from indexer.migrate import alembic_config, locked_connection
     from indexer.transcripts import search_segments
 
     def migrate(target: str, down: bool = False) -> None:
-        cfg = alembic_config(fresh_db_url)
-        with locked_connection(fresh_db_url) as conn:
-            cfg.attributes["connection"] = conn
-            (command.downgrade if down else command.upgrade)(cfg, target)
+        migrate_to(fresh_db_url, target, down)
 
     migrate("0003")
     eng = make_engine(fresh_db_url)
