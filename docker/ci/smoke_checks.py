@@ -113,6 +113,11 @@ def cmd_ingest(base: str, manifest_path: str, state_path: str, key: str | None =
     print(f"  upload: 202 {accepted}")
     job = wait_job(base, accepted["job_id"])
     video_id = job["items"][0]["video_id"]
+    video = get_json(f"{base}/v1/videos/{video_id}")
+    if video.get("ocr_status") != "read":  # the bundled OCR model must load and run inside the image
+        raise CheckFailed(f"on-screen text: expected ocr_status 'read', got {video.get('ocr_status')!r} "
+                          f"({video.get('ocr_error')})")
+    print(f"  on-screen text: read ({len(video.get('screen_text') or [])} spans)")
     hit = find(base, clip["query"], clip["filename"])
     if hit["video_id"] != video_id:
         raise CheckFailed(f"search found video {hit['video_id']}, the upload made {video_id}")
