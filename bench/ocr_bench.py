@@ -5,6 +5,7 @@ real clips' watermarks become, and the OCR share of ingest.
     /tmp/easyvenv/bin/python -m bench.ocr_bench --easyocr   # also EasyOCR, where easyocr + its offline models import
     .venv/bin/python -m bench.ocr_bench --quick --no-append # a smoke run
     .venv/bin/python -m bench.ocr_bench --ingest            # the ingest worker with OCR off and on
+    .venv/bin/python -m bench.ocr_bench --ingest --speech-mode  # the same in speech mode (no CLIP weights)
 
 Frames: real LJSpeech sentences (``tests.media_fixtures.ljspeech_transcripts``) drawn with
 ``tests.media_fixtures.draw_text`` over frames of the real clips in media/video, in every style (caption, slide,
@@ -233,9 +234,10 @@ def ingest_share(clips: Sequence[Path]) -> tuple[list[list[object]], float, floa
     return rows, total_cpu, total_video, samples, read
 
 
-def ingest_on_off(quick: bool, command: str) -> str:
-    """The real worker (``bench.ingest_bench``'s pipeline: full-size SAVE with random weights, Whisper base,
-    MiniLM) over the ingest benchmark's clips, once with ``SAVE_SEARCH_OCR=0`` and once with it on."""
+def ingest_on_off(quick: bool, command: str, speech_mode: bool = False) -> str:
+    """The real worker (``bench.ingest_bench``'s pipeline: full-size SAVE with random weights, or speech mode (no
+    visual model, what an offline install runs), Whisper base, MiniLM) over the ingest benchmark's clips, once
+    with ``SAVE_SEARCH_OCR=0`` and once with it on."""
     import torch
 
     from bench.ingest_bench import build_model, make_clips, make_clips_warmup, make_services, run_pipeline
@@ -243,7 +245,7 @@ def ingest_on_off(quick: bool, command: str) -> str:
     torch.set_num_threads(2)
     clips = make_clips(WORK / "ocr-clips", quick)
     warmup = make_clips_warmup(WORK / "ocr-clips")
-    model = build_model()
+    model = None if speech_mode else build_model()  # None: no CLIP weights offline, so speech mode
     load = wait_for_quiet()
     rows = []
     for ocr in (False, True):
@@ -257,8 +259,9 @@ def ingest_on_off(quick: bool, command: str) -> str:
         rows.append([f"SAVE_SEARCH_OCR={int(ocr)}", int(stats.get("videos", 0)), video_s, wall, cpu,
                      stats.get("ocr", 0.0), video_s / wall, 60 * cpu / max(video_s, 1e-9)])
     off, on = rows
+    mode = "speech mode (no visual model)" if speech_mode else "SAVE `save-b32` with random weights, fused path"
     body = "\n".join([
-        f"The real worker (`bench.ingest_bench` pipeline: SAVE `save-b32` with random weights, fused path; Whisper "
+        f"The real worker (`bench.ingest_bench` pipeline: {mode}; Whisper "
         f"base; MiniLM; SQLite; FAISS; torch 2 threads, batch 8) over {len(clips)} clips "
         f"({', '.join(c.name for c in clips)}), a warm-up clip first in each run (not counted).",
         "",
@@ -350,9 +353,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-append", action="store_true", help="print only, do not append to BENCHMARKS.md")
     p.add_argument("--ingest", action="store_true",
                    help="instead: the real ingest worker over the ingest clips with OCR off and on")
+    p.add_argument("--speech-mode", action="store_true",
+                   help="with --ingest: the worker in speech mode (no visual model), as an offline install runs")
     args = p.parse_args(argv)
     command = command_line("bench.ocr_bench", argv)
-    text = ingest_on_off(args.quick, command) if args.ingest else run(args, command)
+    text = ingest_on_off(args.quick, command, args.speech_mode) if args.ingest else run(args, command)
     publish(text, append=not (args.no_append or args.quick))
     return 0
 
