@@ -24,15 +24,17 @@ ANN ranks by, which is what the re-scoring candidate count has to cover.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import math
 import os
 import random
 import shutil
+import socket
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,7 @@ from bench.common import (
     WORK,
     command_line,
     entry,
+    load1,
     md_table,
     percentile,
     publish,
@@ -86,6 +89,42 @@ class Synth:
                 f"sigma video/frame/query {self.sigma_video}/{self.sigma_frame}/{self.sigma_query}, "
                 f"{round(100 * self.short)} % of videos with fewer than 12 frames")
 
+    def topics(self, g, n: int, n_queries: int):
+        """(centroids [K, D], queries [Q, D]) for a collection of n videos, drawn from torch generator g."""
+        import torch
+        import torch.nn.functional as F
+
+        inv = 1.0 / math.sqrt(DIM)
+        n_clusters = max(8, n // self.videos_per_cluster)
+        common = F.normalize(torch.randn(DIM, generator=g), dim=0)
+        centroids = F.normalize(self.common * common
+                                + F.normalize(torch.randn(n_clusters, DIM, generator=g), dim=-1), dim=-1)
+        qc = torch.randint(n_clusters, (n_queries,), generator=g)
+        queries = F.normalize(centroids[qc] + self.sigma_query * inv * torch.randn(n_queries, DIM, generator=g),
+                              dim=-1)
+        return centroids, queries
+
+    def videos(self, g, centroids, count: int):
+        """(frames fp16 [count, FRAMES, D] with masked frames zeroed, mask bool [count, FRAMES], pooled fp16
+        [count, D]); the pooled vector is ``masked_mean_pool`` of the stored fp16 frames, as the worker stores it."""
+        import torch
+        import torch.nn.functional as F
+
+        from models.similarity import masked_mean_pool
+
+        inv = 1.0 / math.sqrt(DIM)
+        cl = torch.randint(len(centroids), (count,), generator=g)
+        centers = F.normalize(centroids[cl] + self.sigma_video * inv * torch.randn(count, DIM, generator=g), dim=-1)
+        frames = torch.randn(count, FRAMES, DIM, generator=g).mul_(self.sigma_frame * inv).add_(centers[:, None])
+        frames = F.normalize(frames, dim=-1)
+        valid = torch.full((count,), FRAMES)
+        short = torch.rand(count, generator=g) < self.short
+        valid[short] = torch.randint(1, FRAMES, (int(short.sum()),), generator=g)
+        mask = torch.arange(FRAMES)[None, :] < valid[:, None]
+        frames16 = (frames * mask[..., None]).half()
+        pooled16 = masked_mean_pool(frames16.float(), mask).half()
+        return frames16, mask, pooled16
+
 
 @dataclass
 class Collection:
@@ -120,7 +159,6 @@ def generate(n: int, home: Path, synth: Synth, n_queries: int, seed: int, chunk:
     """Write n videos as FeatureStore shards (the store's exact record format) and compute the exact top 10 of
     every query over all of them, chunk by chunk, from the fp16 values that are stored."""
     import torch
-    import torch.nn.functional as F
 
     from indexer.store import (
         _CRC_START,
@@ -132,7 +170,7 @@ def generate(n: int, home: Path, synth: Synth, n_queries: int, seed: int, chunk:
         SHARD_MAGIC,
         FeatureStore,
     )
-    from models.similarity import masked_mean_pool, save_similarity
+    from models.similarity import save_similarity
 
     start_time = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
@@ -141,14 +179,7 @@ def generate(n: int, home: Path, synth: Synth, n_queries: int, seed: int, chunk:
     dtype, rb = store.dtype, store.record_bytes
     crc_end = 16 + 2 * FRAMES * DIM + FRAMES
     per_shard = (DEFAULT_MAX_SHARD_BYTES - SHARD_HEADER_BYTES) // rb
-    inv = 1.0 / math.sqrt(DIM)
-
-    n_clusters = max(8, n // synth.videos_per_cluster)
-    common = F.normalize(torch.randn(DIM, generator=g), dim=0)
-    centroids = F.normalize(synth.common * common + F.normalize(torch.randn(n_clusters, DIM, generator=g), dim=-1),
-                            dim=-1)
-    qc = torch.randint(n_clusters, (n_queries,), generator=g)
-    queries = F.normalize(centroids[qc] + synth.sigma_query * inv * torch.randn(n_queries, DIM, generator=g), dim=-1)
+    centroids, queries = synth.topics(g, n, n_queries)
 
     top_scores = torch.full((n_queries, TOP_K), -math.inf)
     top_ids = torch.full((n_queries, TOP_K), -1, dtype=torch.int64)
@@ -160,21 +191,11 @@ def generate(n: int, home: Path, synth: Synth, n_queries: int, seed: int, chunk:
     try:
         for lo in range(0, n, chunk):
             c = min(chunk, n - lo)
-            cl = torch.randint(n_clusters, (c,), generator=g)
-            centers = F.normalize(centroids[cl] + synth.sigma_video * inv * torch.randn(c, DIM, generator=g), dim=-1)
-            frames = torch.randn(c, FRAMES, DIM, generator=g).mul_(synth.sigma_frame * inv).add_(centers[:, None])
-            frames = F.normalize(frames, dim=-1)
-            valid = torch.full((c,), FRAMES)
-            short = torch.rand(c, generator=g) < synth.short
-            valid[short] = torch.randint(1, FRAMES, (int(short.sum()),), generator=g)
-            mask = torch.arange(FRAMES)[None, :] < valid[:, None]
-            frames16 = (frames * mask[..., None]).half()
-            del frames
+            frames16, mask, pooled_t = synth.videos(g, centroids, c)
             f16 = frames16.numpy()
             m8 = mask.numpy().astype(np.uint8)
-            f32 = frames16.float()  # the stored values, for the pooled vector and the exact scores
-            # masked_mean_pool, as the model computes the pooled vector the worker stores (fp16 in the DB)
-            pooled = masked_mean_pool(f32, mask).half().numpy()
+            f32 = frames16.float()  # the stored values, for the exact scores
+            pooled = pooled_t.numpy()
             pooled16[lo:lo + c] = pooled
             ids = np.arange(lo + 1, lo + c + 1, dtype=np.int64)
 
@@ -548,6 +569,343 @@ def best_config(sweeps: Sequence[Sweep]) -> Sweep | None:
     return min(ok, key=lambda s: percentile(s.total_ms, 50)) if ok else None
 
 
+# ----------------------------------------------------------------------------------------------- backends side by side
+BACKENDS = ("faiss", "milvus")
+ANN_NPROBE = (4, 8, 16, 32, 64, 128)
+ANN_RECALL_TARGETS = (0.90, 0.95, 0.99)
+MILVUS_INSERT_BATCH = 1_000  # rows per insert call: larger messages were slower per row on milvus-lite 2.5.1
+SINGLE_INSERTS = 200  # one-video inserts into the indexed collection, as a worker writes after its commit
+
+
+def generate_pooled(n: int, synth: Synth, n_queries: int, seed: int,
+                    chunk: int = 20_000) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Only what an ANN index holds: (pooled fp16 [n, D], row i is video id i + 1; queries [Q, D]; exact top 10 of
+    each query by cosine over all pooled vectors, as video ids; seconds). Same generator as ``generate``, without
+    the feature shards: the ANN comparison ranks pooled vectors only, and its exact answer is the cosine order."""
+    import torch
+
+    start = time.perf_counter()
+    g = torch.Generator().manual_seed(seed)
+    centroids, queries = synth.topics(g, n, n_queries)
+    q = queries.numpy()
+    pooled16 = np.empty((n, DIM), np.float16)
+    top_s = np.full((n_queries, TOP_K), -np.inf, np.float32)
+    top_i = np.zeros((n_queries, TOP_K), np.int64)
+    for lo in range(0, n, chunk):
+        c = min(chunk, n - lo)
+        pooled16[lo:lo + c] = synth.videos(g, centroids, c)[2].numpy()
+        x = unit_rows(pooled16[lo:lo + c])
+        both_s = np.concatenate([top_s, q @ x.T], axis=1)
+        both_i = np.concatenate([top_i, np.broadcast_to(np.arange(lo + 1, lo + c + 1), (n_queries, c))], axis=1)
+        best = np.argsort(-both_s, axis=1, kind="stable")[:, :TOP_K]
+        top_s, top_i = np.take_along_axis(both_s, best, 1), np.take_along_axis(both_i, best, 1)
+    return pooled16, q, top_i, time.perf_counter() - start
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """float32 copy with L2-normalised rows: what both indexes hold (inner product = cosine, as VectorIndex)."""
+    out = x.astype(np.float32)
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+@dataclass
+class AnnRun:
+    """One (backend, nprobe) sweep: per-query wall ms, CPU ms per query (all processes doing the work), recall@10."""
+
+    backend: str
+    nprobe: int
+    ms: list[float]
+    cpu_ms: float
+    recall: float
+
+
+@dataclass
+class AnnBuild:
+    backend: str
+    nlist: int
+    load_s: float  # inserting (milvus) / adding (faiss) the vectors
+    index_s: float  # training + building the IVF index (and loading it, milvus)
+    ram_bytes: int  # what holding the loaded index costs in RAM (see ann_side_by_side)
+    disk_bytes: int
+    note: str = ""
+    single_insert_ms: list[float] | None = None
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process (the milvus-lite server), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def recall_at_10(found: list[np.ndarray], truth: np.ndarray) -> float:
+    return sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True)) / truth.size
+
+
+def faiss_ivf_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+                   nlist: int) -> tuple[AnnBuild, list[AnnRun]]:
+    """FAISS IndexIVFFlat (inner product) with the IVF_FLAT parameters Milvus gets: the same algorithm and lists,
+    trained on the service's sample size (``ivf_training_sample``), one query at a time."""
+    import faiss
+
+    from indexer.store import ivf_training_sample
+
+    gc.collect()
+    before = rss_bytes()
+    n = len(pooled16)
+    start = time.perf_counter()
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(DIM), DIM, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = ivf_training_sample(n, nlist)
+    index.train(unit_rows(pooled16 if sample is None else pooled16[sample]))
+    index_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for lo in range(0, n, 200_000):
+        part = pooled16[lo:lo + 200_000]
+        index.add_with_ids(unit_rows(part), np.arange(lo + 1, lo + len(part) + 1, dtype=np.int64))
+    add_s = time.perf_counter() - start
+    gc.collect()
+    note = f"RSS growth {(rss_bytes() - before) / n:.0f} B/video"
+    size = int(faiss.serialize_index(index).nbytes)
+    runs = []
+    for nprobe in ANN_NPROBE:
+        index.nprobe = nprobe
+        ms, found = [], []
+        cpu = time.process_time()
+        for q in queries:
+            t0 = time.perf_counter()
+            _, ids = index.search(q[None], TOP_K)
+            ms.append(1000 * (time.perf_counter() - t0))
+            found.append(ids[0])
+        runs.append(AnnRun("faiss", nprobe, ms, 1000 * (time.process_time() - cpu) / len(queries),
+                           recall_at_10(found, truth)))
+        print(f"  faiss  IVF_FLAT nprobe {nprobe:3d}: p50 {percentile(ms, 50):6.2f} ms, recall@10 "
+              f"{runs[-1].recall:.3f}", flush=True)
+    del index
+    gc.collect()
+    return AnnBuild("faiss", nlist, add_s, index_s, size, size, note), runs
+
+
+def faiss_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> tuple[AnnBuild, list[AnnRun]]:
+    """FAISS exact scan (IndexFlatIP): the baseline for a backend whose IVF_FLAT turns out to scan everything."""
+    import faiss
+
+    n = len(pooled16)
+    start = time.perf_counter()
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+    for lo in range(0, n, 200_000):
+        part = pooled16[lo:lo + 200_000]
+        index.add_with_ids(unit_rows(part), np.arange(lo + 1, lo + len(part) + 1, dtype=np.int64))
+    add_s = time.perf_counter() - start
+    ms, found = [], []
+    cpu = time.process_time()
+    for q in queries:
+        t0 = time.perf_counter()
+        _, ids = index.search(q[None], TOP_K)
+        ms.append(1000 * (time.perf_counter() - t0))
+        found.append(ids[0])
+    run_ = AnnRun("faiss-flat", 0, ms, 1000 * (time.process_time() - cpu) / len(queries), recall_at_10(found, truth))
+    print(f"  faiss  flat (exact): p50 {percentile(ms, 50):6.2f} ms, recall@10 {run_.recall:.3f}", flush=True)
+    size = int(faiss.serialize_index(index).nbytes)
+    del index
+    gc.collect()
+    return AnnBuild("faiss-flat", 0, add_s, 0.0, size, size, "exact scan, IndexIDMap2(IndexFlatIP)"), [run_]
+
+
+@contextlib.contextmanager
+def milvus_lite_server(folder: Path, port: int) -> Iterator[int]:
+    """A milvus-lite 2.5 gRPC server (its own process, as a deployment runs it) on 127.0.0.1:port; yields its pid."""
+    from milvus_lite.server import Server
+
+    server = Server(str(folder / "bench.db"), address=f"127.0.0.1:{port}")
+    if not server.start():
+        raise RuntimeError("milvus-lite did not start (see its log above)")
+    try:
+        yield server._p.pid  # noqa: SLF001 - the server's process, for its RSS and CPU time
+    finally:
+        server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def milvus_ivf_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray, nlist: int,
+                    folder: Path) -> tuple[AnnBuild, list[AnnRun]]:
+    """Milvus Lite 2.5 (gRPC server) IVF_FLAT: insert in batches, flush, build the index, load, then one query at a
+    time through ``MilvusClient.search``; then one-video inserts into the indexed, loaded collection (the worker's
+    write after its commit). RAM = the server's RSS growth from an empty collection to the loaded index."""
+    from pymilvus import DataType, MilvusClient
+
+    n = len(pooled16)
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    with milvus_lite_server(folder, port) as pid:
+        client = connect_milvus(f"http://127.0.0.1:{port}")
+        schema = MilvusClient.create_schema(auto_id=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vec", DataType.FLOAT_VECTOR, dim=DIM)
+        client.create_collection("videos", schema=schema)
+        base_rss = proc_rss(pid)
+        start = time.perf_counter()
+        for lo in range(0, n, MILVUS_INSERT_BATCH):
+            part = unit_rows(pooled16[lo:lo + MILVUS_INSERT_BATCH])
+            client.insert("videos", [{"id": lo + i + 1, "vec": v} for i, v in enumerate(part)])
+        client.flush("videos")
+        load_s = time.perf_counter() - start
+        start = time.perf_counter()
+        params = client.prepare_index_params()
+        params.add_index("vec", index_type="IVF_FLAT", metric_type="IP", params={"nlist": nlist})
+        client.create_index("videos", params)
+        client.load_collection("videos")
+        client.search("videos", [queries[0].tolist()], limit=TOP_K)  # first search: whatever loads lazily
+        index_s = time.perf_counter() - start
+        ram = proc_rss(pid) - base_rss
+        runs = []
+        for nprobe in ANN_NPROBE:
+            ms, found = [], []
+            cpu, server_cpu = time.process_time(), proc_cpu_s(pid)
+            for q in queries:
+                t0 = time.perf_counter()
+                hits = client.search("videos", [q.tolist()], limit=TOP_K,
+                                     search_params={"metric_type": "IP", "params": {"nprobe": nprobe}})
+                ms.append(1000 * (time.perf_counter() - t0))
+                found.append(np.array([h["id"] for h in hits[0]], np.int64))
+            cpu_s = time.process_time() - cpu + proc_cpu_s(pid) - server_cpu
+            runs.append(AnnRun("milvus", nprobe, ms, 1000 * cpu_s / len(queries), recall_at_10(found, truth)))
+            print(f"  milvus IVF_FLAT nprobe {nprobe:3d}: p50 {percentile(ms, 50):6.2f} ms, recall@10 "
+                  f"{runs[-1].recall:.3f}", flush=True)
+        single = []
+        extra = unit_rows(pooled16[:SINGLE_INSERTS])
+        for i, v in enumerate(extra):
+            t0 = time.perf_counter()
+            client.insert("videos", [{"id": n + i + 1, "vec": v}])
+            single.append(1000 * (time.perf_counter() - t0))
+        client.close()
+    disk = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    shutil.rmtree(folder, ignore_errors=True)
+    note = f"server RSS {base_rss / 2**20:.0f} MiB empty"
+    return AnnBuild("milvus", nlist, load_s, index_s, ram, disk, note, single), runs
+
+
+def connect_milvus(uri: str, attempts: int = 50):
+    """A MilvusClient once the freshly started server answers (it needs a moment to open its port)."""
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    for attempt in range(attempts):
+        try:
+            return MilvusClient(uri=uri, timeout=5)
+        except MilvusException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
+
+
+def fastest_at(runs: list[AnnRun], target: float) -> AnnRun | None:
+    """The smallest nprobe whose recall@10 reaches ``target`` (nprobe sweeps are monotone in cost)."""
+    ok = [r for r in runs if r.recall >= target]
+    return min(ok, key=lambda r: r.nprobe) if ok else None
+
+
+def ann_side_by_side(args: argparse.Namespace, command: str, machine_extra: str) -> str:
+    """Raw ANN on each backend in ``args.backend`` over the same pooled vectors, per size: IVF_FLAT with the
+    same nlist on both, nprobe swept, compared at equal recall@10; build costs, RAM and disk per video."""
+    import milvus_lite
+    import pymilvus
+
+    from indexer.store import ivf_nlist
+
+    backends = [b for b in BACKENDS if b in args.backend.split(",")]
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    work = WORK / "ann"
+    require_disk(WORK, max(sizes) * 4 * DIM * 3 / 1024**3)
+    load = wait_for_quiet(max_wait_s=args.quiet_wait_s)
+    started = time.monotonic()
+    rows, equal_rows, size_rows, insert_rows, loads = [], [], [], [], {}
+    try:
+        for n in sizes:
+            print(f"== {n} videos", flush=True)
+            pooled16, queries, truth, gen_s = generate_pooled(n, Synth(), args.queries, args.seed + n)
+            print(f"  generated in {gen_s:.0f} s", flush=True)
+            nlist = ivf_nlist(n)
+            loads[n] = load1()
+            per_backend: dict[str, list[AnnRun]] = {}
+            for backend in backends:
+                if backend == "faiss":
+                    measured = [faiss_ivf_flat(pooled16, queries, truth, nlist), faiss_flat(pooled16, queries, truth)]
+                else:
+                    measured = [milvus_ivf_flat(pooled16, queries, truth, nlist, work / f"milvus-{n}")]
+                for built, runs in measured:
+                    per_backend[built.backend] = runs
+                    size_rows.append([size_label(n), built.backend, built.nlist or "-", built.load_s, built.index_s,
+                                      built.ram_bytes / n, built.disk_bytes / n, built.note])
+                    if built.single_insert_ms:
+                        ms = built.single_insert_ms
+                        insert_rows.append([size_label(n), built.backend, len(ms), percentile(ms, 50),
+                                            percentile(ms, 99), n / built.load_s])
+                    rows += [[size_label(n), r.backend, r.nprobe or "exact", f"{r.recall:.3f}", percentile(r.ms, 50),
+                              percentile(r.ms, 99), r.cpu_ms] for r in runs]
+            for target in ANN_RECALL_TARGETS:
+                row: list[object] = [size_label(n), f">= {target:.2f}"]
+                for backend in per_backend:
+                    best = fastest_at(per_backend[backend], target)
+                    row += (["not reached", "", "", ""] if best is None else
+                            [best.nprobe or "exact", f"{best.recall:.3f}", percentile(best.ms, 50),
+                             f"{percentile(best.ms, 99):.3g} / {best.cpu_ms:.3g}"])
+                equal_rows.append(row)
+            del pooled16
+            gc.collect()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    header = ["videos", "recall@10 target"]
+    for backend in [*(["faiss", "faiss-flat"] if "faiss" in backends else []), *(["milvus"] if "milvus" in backends
+                                                                                 else [])]:
+        header += [f"{backend} nprobe", f"{backend} recall@10", f"{backend} p50 ms", f"{backend} p99 ms / CPU ms"]
+    body = [
+        f"Raw ANN, one query at a time, top {TOP_K}, on the pooled vectors of the synthetic collection "
+        f"({Synth().describe()}); exact answer = cosine order over all videos (no SAVE re-scoring here: this is "
+        f"the candidate generation the two backends replace each other in). Both sides: IVF_FLAT, inner product on "
+        f"L2-normalised vectors, nlist = `ivf_nlist(n)` (4 sqrt(n)). FAISS `IndexIVFFlat` in this process, trained "
+        f"on `ivf_training_sample`; Milvus Lite {milvus_lite.__version__} as a gRPC server process on 127.0.0.1 "
+        f"(pymilvus {pymilvus.__version__} `MilvusClient`), vectors inserted in batches of {MILVUS_INSERT_BATCH} "
+        f"before the index is built. {args.queries} queries per setting. CPU ms = CPU time per query of every "
+        f"process doing the work (milvus: client + server), steadier than wall time on this shared machine. "
+        f"Run time {time.monotonic() - started:.0f} s; 1-min load average when each size started: "
+        + ", ".join(f"{size_label(n)}: {v:.2f}" for n, v in loads.items()) + ".",
+        "",
+        "At equal recall@10 (the smallest nprobe that reaches the target on each backend):",
+        "",
+        md_table(header, equal_rows),
+        "",
+        md_table(["videos", "backend", "nlist", "insert/add s", "train + index (+ load) s", "RAM bytes/video",
+                  "disk bytes/video", "note"], size_rows),
+        "",
+        "RAM: FAISS = the serialized index (vectors + ids + centroids, what the process holds); Milvus = the "
+        "server process's RSS growth from an empty collection to the loaded, indexed collection. Disk: FAISS = the "
+        "index file it would save; Milvus = everything in the milvus-lite data folder.",
+        "",
+    ]
+    if insert_rows:
+        body += [f"Writes into the indexed, loaded collection, one video per insert call ({SINGLE_INSERTS} calls, "
+                 "as a worker writes right after its database commit), and the bulk insert rate before indexing:",
+                 "", md_table(["videos", "backend", "single inserts", "p50 ms", "p99 ms", "bulk insert videos/s"],
+                              insert_rows), ""]
+    body += ["Every setting:", "", md_table(["videos", "backend", "nprobe", "recall@10", "p50 ms", "p99 ms",
+                                             "CPU ms/query"], rows)]
+    return entry("ANN side by side: FAISS vs Milvus Lite, IVF_FLAT at equal recall@10", command, load,
+                 "\n".join(body), machine_extra)
+
+
 def size_label(n: int) -> str:
     return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else f"{n // 1000}k"
 
@@ -583,6 +941,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cold", action="store_true",
                    help="after the IVF-PQ sweeps, evict this run's feature shards from the page cache "
                         "(posix_fadvise DONTNEED, our files only) and measure the default setting again")
+    p.add_argument("--backend", default="faiss",
+                   help="faiss: the FAISS index types above; a list with milvus (e.g. faiss,milvus): the raw ANN "
+                        "side by side instead, IVF_FLAT on each listed backend at equal recall@10 (needs milvus-lite)")
+    p.add_argument("--quiet-wait-s", type=float, default=600.0,
+                   help="wait at most this long for a 1-min load average below 1.5 before measuring")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-append", action="store_true")
     p.add_argument("--keep", action="store_true", help=f"keep {WORK}/query afterwards")
@@ -686,7 +1049,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     policy = set_omp_wait_policy(args.omp_wait_policy)
     logging.basicConfig(level=logging.WARNING)
-    md = run(args, command_line("bench.query_bench", argv), f"OMP_WAIT_POLICY {policy}")
+    unknown = set(args.backend.split(",")) - set(BACKENDS)
+    if unknown:
+        raise SystemExit(f"--backend: unknown {', '.join(sorted(unknown))}; expected a list of {', '.join(BACKENDS)}")
+    command = command_line("bench.query_bench", argv)
+    if "milvus" in args.backend.split(","):
+        md = ann_side_by_side(args, command, f"OMP_WAIT_POLICY {policy}")
+    else:
+        md = run(args, command, f"OMP_WAIT_POLICY {policy}")
     publish(md, append=not args.no_append)
     return 0
 
