@@ -430,19 +430,31 @@ def reindex(
     text: Annotated[bool, typer.Option(
         "--text", help="Also recompute normalised full text and passage embeddings from the stored transcripts "
                        "(after an upgrade that changed them; no audio is decoded).")] = False,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Only compare the database with the indexes (ids per model version, both ways) and "
+                         "repair the differences; nothing is re-encoded or rebuilt.")] = False,
     database_url: DatabaseOpt = None,
     model: ModelOpt = None,
 ) -> None:
     """Re-encode videos made with another model (never mixing embedding spaces), then rebuild the indexes."""
     _setup_logging()
-    from indexer.reindex import rebuild_indexes, reencode_stale, reindex_text
+    from indexer.reindex import copy_shard_features, rebuild_indexes, reencode_stale, reindex_text, verify_indexes
 
     services = _services(_settings(database_url, model))
+    if verify:
+        for name, report in verify_indexes(services).items():
+            missing = f", {report.missing} without frame features (run `save-search reindex`)" * bool(report.missing)
+            typer.echo(f"{name}: {report.count} in the database, {report.added} added, {report.removed} removed"
+                       f"{missing}")
+        return
     if text:
         typer.echo(f"recomputed the text data of {reindex_text(services)} video(s)")
     if not rebuild_only:
         done, failed = reencode_stale(services)
         typer.echo(f"re-encoded {done} video(s), {failed} failed")
+    copied = copy_shard_features(services)
+    if copied:
+        typer.echo(f"copied the frame features of {copied} video(s) from the shard files into Milvus")
     counts = rebuild_indexes(services)
     typer.echo(f"indexes rebuilt: {counts}")
 

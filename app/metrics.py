@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indexer.catalog import Catalog
+from indexer.catalog import VectorCatalog
 from indexer.db import JobItem, Video
 
 from .admission import SearchAdmission
@@ -51,15 +51,14 @@ class IndexCollector:
     """Vectors in each search index this process serves, labelled by the embedding space (model version) they
     were made with: next to ``save_videos`` it shows whether the index has caught up with the database."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: VectorCatalog) -> None:
         self.catalog = catalog
 
     def collect(self) -> Iterator:
         vectors = GaugeMetricFamily("save_index_vectors", "Vectors in each search index, by model version",
                                     labels=["index", "model_version"])
-        for managed in self.catalog.indexes():
-            if managed.index is not None:
-                vectors.add_metric([managed.folder.name, managed.space or "none"], len(managed.index))
+        for name, (space, count) in self.catalog.sizes().items():
+            vectors.add_metric([name, space or "none"], count)
         yield vectors
 
 
@@ -79,7 +78,7 @@ class AdmissionCollector:
 
 
 class Metrics:
-    def __init__(self, sessions, catalog: Catalog, admission: SearchAdmission) -> None:
+    def __init__(self, sessions, catalog: VectorCatalog, admission: SearchAdmission) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram("save_http_request_duration_seconds", "HTTP request latency",
                                  ["method", "route", "status"], registry=self.registry,

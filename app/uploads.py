@@ -279,7 +279,9 @@ def _job_of(state: AppState, video_id: int) -> int:
 def delete_video(state: AppState, video_id: int) -> bool:
     """Remove the row (segments cascade), cancel its pending work, drop it from the indexes and delete the files
     we own (thumbnail, uploaded copy). Source files of bulk jobs belong to the user and are left alone. Stored
-    frame features stay in their append-only shard until a compaction (they are no longer referenced)."""
+    frame features stay in their append-only shard until a compaction (they are no longer referenced); in Milvus
+    they go with the vectors. A crash before the index removal is repaired by the next start-up or
+    `save-search reindex --verify`."""
     uploads = (state.settings.media_dir / "uploads").resolve()
     with state.services.sessions.begin() as s:
         video = s.get(Video, video_id)
@@ -292,7 +294,7 @@ def delete_video(state: AppState, video_id: int) -> bool:
         state.queue.cancel_items_of(s, video_id)
         s.delete(video)
     with state.index_lock:
-        state.services.catalog.sync_and_publish()
+        state.services.catalog.remove_videos([video_id])
     for path in owned:
         path.unlink(missing_ok=True)
     return True

@@ -1,9 +1,18 @@
-"""Keeps the FAISS indexes in agreement with the database, which is the source of truth.
+"""The search indexes, kept in agreement with the database (the source of truth), behind one interface.
 
-Two indexes: pooled SAVE video vectors (ids = video ids) and the sentence embeddings of transcript passages
-(ids = passage ids, see ``indexer.passages``). Both are derived: ``sync`` adds what the database has and the
-index lacks and removes what the database no longer has, so crash repair and normal updates are the same
-operation. Writers publish atomic snapshots; readers reload when the published version changes.
+What search needs besides the database: the pooled SAVE video vectors (ids = video ids), the sentence embeddings
+of transcript passages (ids = passage ids, see ``indexer.passages``) and each video's per-frame features for the
+exact re-scoring. ``VectorCatalog`` is that interface: candidate generation (``search_videos``,
+``search_passages``), the frame features (``open_features``), writes after a commit or a delete
+(``index_videos``, ``remove_videos``) and repair (``sync``: adds what the database has and the index lacks,
+removes what the database no longer has, so crash repair and normal updates are the same operation).
+Scoring, fusion and moments (``indexer.search``) are shared by every backend.
+
+Two backends (``make_catalog`` picks by ``Settings.vector_store``):
+- ``FaissCatalog`` (default, one host or a shared volume): FAISS indexes published as atomic snapshot files
+  (readers reload when the published version changes), frame features in ``indexer.store.FeatureStore`` shards.
+- ``indexer.milvus_store.MilvusCatalog``: everything in Milvus collections, written right after each commit;
+  no host needs another host's disk.
 """
 
 from __future__ import annotations
@@ -11,17 +20,31 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-from collections.abc import Callable
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from .db import Passage, Video
-from .store import VectorIndex, choose_index_type, current_version, ivfpq_outgrown, load_snapshot, save_snapshot
+from .store import (
+    FeatureRef,
+    FeatureStore,
+    VectorIndex,
+    choose_index_type,
+    current_version,
+    ivfpq_outgrown,
+    load_snapshot,
+    save_snapshot,
+)
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +61,81 @@ def from_blob(blob: bytes) -> np.ndarray:
 class SyncReport:
     added: int = 0
     removed: int = 0
+    count: int = 0  # entries in the index after the sync (= rows of the database that belong in it)
+    missing: int = 0  # entries the database cannot rebuild (frame features: `save-search reindex` re-encodes)
+
+
+class FeatureStorage(Protocol):
+    """Where each video's per-frame features (fp16 [T, D]) and frame mask live: what exact re-scoring reads.
+    ``append`` runs before the database commit that stores the returned reference (an unreferenced record is
+    harmless); ``read_many`` raises ``indexer.store.FeatureStoreError`` for a record it cannot serve."""
+
+    def append(self, video_id: int, frames: np.ndarray, mask: np.ndarray) -> FeatureRef: ...
+
+    def read_many(self, refs: Iterable[FeatureRef]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class VectorCatalog(ABC):
+    """The video and passage indexes of one collection plus the frame features, for one embedding space each
+    (``model_version`` for videos, ``passage_space`` for passages). Thread-safe for concurrent searches; callers
+    hold ``Services.index_lock`` around ``repair``, ``index_videos`` and ``remove_videos``."""
+
+    model_version: str | None
+    sessions: sessionmaker
+
+    @abstractmethod
+    def load(self) -> None:
+        """Open (or create) the indexes."""
+
+    @abstractmethod
+    def reload_if_changed(self) -> bool:
+        """For readers: pick up what other processes wrote, if this backend caches anything."""
+
+    @abstractmethod
+    def sizes(self) -> dict[str, tuple[str | None, int]]:
+        """Index name -> (embedding space, entries), for metrics and ``reindex``."""
+
+    @abstractmethod
+    def search_videos(self, query: np.ndarray, k: int) -> list[int]:
+        """Up to k video ids by cosine of the pooled vectors (the visual candidates), best first."""
+
+    @abstractmethod
+    def search_passages(self, query: np.ndarray, k: int) -> dict[int, float]:
+        """Up to k passage ids -> cosine with the query's sentence embedding."""
+
+    @abstractmethod
+    def open_features(self, frames: int, dim: int, owner: str) -> FeatureStorage:
+        """The frame features; ``owner`` names the writing process (unique among live writers)."""
+
+    @abstractmethod
+    def repair(self) -> dict[str, SyncReport]:
+        """Reconcile every index with the database, both ways, and make the result visible to every process: the
+        start-up repair and ``save-search reindex --verify``."""
+
+    def prepare(self) -> bool:
+        """Build slow replacements (k-means) before ``repair`` takes the lock searches wait for; True if it did."""
+        return False
+
+    @abstractmethod
+    def index_videos(self, video_ids: Iterable[int]) -> None:
+        """Make committed videos (and their passages) searchable: called right after the database commit."""
+
+    @abstractmethod
+    def remove_videos(self, video_ids: Iterable[int]) -> None:
+        """Drop deleted videos (and their passages): called right after the delete's commit."""
+
+    @abstractmethod
+    def rebuild(self) -> dict[str, int]:
+        """Drop the index entries (never the frame features) and rebuild them from the database."""
+
+    def _sources(self) -> list[tuple[str, Any, Any, Any]]:
+        """(index name, id column, vector column, which rows belong in it) of each index, from the database."""
+        sources: list[tuple[str, Any, Any, Any]] = []
+        if self.model_version is not None:
+            sources.append(("videos", Video.id, Video.pooled,
+                            (Video.model_version == self.model_version) & Video.pooled.is_not(None)))
+        sources.append(("passages", Passage.id, Passage.embedding, Passage.embedding.is_not(None)))
+        return sources
 
 
 class ManagedIndex:
@@ -133,14 +231,17 @@ class ManagedIndex:
         return self.version
 
 
-class Catalog:
-    """The video and passage indexes of one collection, synced from the database."""
+class FaissCatalog(VectorCatalog):
+    """FAISS indexes published as snapshot files under ``index_dir``, frame features in shard files under
+    ``features_dir``: every process that searches needs both folders (one host, or a shared volume)."""
 
     def __init__(self, index_dir: Path, sessions: sessionmaker, model_version: str | None, video_dim: int | None,
-                 passage_space: str, passage_dim: int, index_type: str = "auto") -> None:
+                 passage_space: str, passage_dim: int, index_type: str = "auto",
+                 features_dir: Path | None = None) -> None:
         self.sessions = sessions
         self.index_dir = index_dir
-        self.model_version = model_version
+        self.features_dir = features_dir or index_dir.parent / "features"
+        self.model_version = model_version if model_version and video_dim else None
         self.videos = (ManagedIndex(index_dir / "videos", video_dim, model_version, index_type)
                        if model_version and video_dim else None)
         self.passages = ManagedIndex(index_dir / "passages", passage_dim, passage_space, index_type)
@@ -148,6 +249,9 @@ class Catalog:
     def indexes(self) -> list[ManagedIndex]:
         """The indexes this catalog keeps (no video index in speech mode)."""
         return [m for m in (self.videos, self.passages) if m is not None]
+
+    def _managed(self, name: str) -> ManagedIndex:
+        return self.videos if name == "videos" and self.videos is not None else self.passages
 
     def load(self) -> None:
         for managed in self.indexes():
@@ -159,23 +263,36 @@ class Catalog:
             changed = self.videos.reload_if_changed() or changed
         return changed
 
-    def _sources(self) -> list[tuple[ManagedIndex, Any, Any, Any]]:
-        """(index, id column, vector column, which rows belong in it) for each index: what sync and prepare read."""
-        sources: list[tuple[ManagedIndex, Any, Any, Any]] = []
-        if self.videos is not None:
-            sources.append((self.videos, Video.id, Video.pooled,
-                            (Video.model_version == self.model_version) & Video.pooled.is_not(None)))
-        sources.append((self.passages, Passage.id, Passage.embedding, Passage.embedding.is_not(None)))
-        return sources
+    def sizes(self) -> dict[str, tuple[str | None, int]]:
+        return {m.folder.name: (m.space, len(m.index) if m.index is not None else 0) for m in self.indexes()}
+
+    def search_videos(self, query: np.ndarray, k: int) -> list[int]:
+        index = self.videos.index if self.videos is not None else None
+        if index is None or not len(index):
+            return []
+        _, ids = index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), min(k, len(index)))
+        return [int(i) for i in ids[0] if i >= 0]
+
+    def search_passages(self, query: np.ndarray, k: int) -> dict[int, float]:
+        index = self.passages.index
+        if index is None or not len(index):
+            return {}
+        scores, ids = index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), min(k, len(index)))
+        return {int(i): float(sc) for sc, i in zip(scores[0], ids[0], strict=True) if i >= 0}
+
+    def open_features(self, frames: int, dim: int, owner: str) -> FeatureStore:
+        return FeatureStore(self.features_dir, frames, dim, owner=owner)
 
     def sync(self) -> dict[str, SyncReport]:
-        """Reconcile both indexes with the database (start-up repair, and after every committed batch)."""
+        """Reconcile both in-memory indexes with the database; ``sync_and_publish`` also publishes them."""
         reports: dict[str, SyncReport] = {}
         with self.sessions() as s:
-            for managed, id_col, vector_col, belongs in self._sources():
+            for name, id_col, vector_col, belongs in self._sources():
                 db_ids = set(s.scalars(select(id_col).where(belongs)))
-                reports[managed.folder.name] = managed.sync(
-                    db_ids, lambda ids, c=id_col, v=vector_col, b=belongs: _fetch(s, c, v, b, ids))
+                managed = self._managed(name)
+                reports[name] = managed.sync(
+                    db_ids, lambda ids, c=id_col, v=vector_col, b=belongs: fetch_vectors(s, c, v, b, ids))
+                reports[name].count = len(managed.index) if managed.index is not None else 0
         return reports
 
     def prepare(self) -> bool:
@@ -184,9 +301,10 @@ class Catalog:
         (a scan, like sync's id scan: see docs/scale-out.md)."""
         prepared = False
         with self.sessions() as s:
-            for managed, id_col, vector_col, belongs in self._sources():
+            for name, id_col, vector_col, belongs in self._sources():
                 count = s.scalar(select(func.count()).select_from(id_col.table).where(belongs)) or 0
-                prepared |= managed.prepare(count, lambda c=id_col, v=vector_col, b=belongs: _fetch(s, c, v, b, None))
+                prepared |= self._managed(name).prepare(
+                    count, lambda c=id_col, v=vector_col, b=belongs: fetch_vectors(s, c, v, b, None))
         return prepared
 
     def publish(self) -> None:
@@ -208,8 +326,36 @@ class Catalog:
         finally:
             os.close(fd)
 
+    def repair(self) -> dict[str, SyncReport]:
+        return self.sync_and_publish()
 
-def _fetch(s, id_col, blob_col, condition, ids: set[int] | None, chunk: int = 5000) -> list[tuple[int, np.ndarray]]:
+    def index_videos(self, video_ids: Iterable[int]) -> None:
+        """A snapshot holds everything: the whole reconciliation is published (one lock for all workers)."""
+        self.sync_and_publish()
+
+    def remove_videos(self, video_ids: Iterable[int]) -> None:
+        self.sync_and_publish()
+
+    def rebuild(self) -> dict[str, int]:
+        for managed in self.indexes():
+            shutil.rmtree(managed.folder, ignore_errors=True)
+            managed.load()
+        return {name: report.count for name, report in self.sync_and_publish().items()}
+
+
+def make_catalog(settings: Settings, sessions: sessionmaker, model_version: str | None, video_dim: int | None,
+                 passage_space: str, passage_dim: int) -> VectorCatalog:
+    """The catalog ``settings.vector_store`` names: ``faiss`` (files under the home folder) or ``milvus``."""
+    if settings.vector_store == "milvus":
+        from .milvus_store import MilvusCatalog
+
+        return MilvusCatalog.from_settings(settings, sessions, model_version, video_dim, passage_space, passage_dim)
+    return FaissCatalog(settings.index_dir, sessions, model_version, video_dim, passage_space, passage_dim,
+                        settings.index_type, settings.features_dir)
+
+
+def fetch_vectors(s, id_col, blob_col, condition, ids: set[int] | None,
+                  chunk: int = 5000) -> list[tuple[int, np.ndarray]]:
     """(id, vector) rows, in chunks so a large id set never makes one giant IN clause."""
     if ids is None:
         return [(i, from_blob(b)) for i, b in s.execute(select(id_col, blob_col).where(condition)).all()]

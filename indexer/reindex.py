@@ -1,6 +1,6 @@
 """Re-indexing: a model change never mixes embedding spaces. Videos encoded with another model version
-(or none, from speech mode) are re-encoded from their media file with the current model; the FAISS indexes
-can always be rebuilt from the vectors stored with each row."""
+(or none, from speech mode) are re-encoded from their media file with the current model; the indexes can always
+be rebuilt from the vectors stored with each row, and checked against the database (``verify_indexes``)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from pathlib import Path
 
 from sqlalchemy import or_, select
 
-from .catalog import to_blob
+from .catalog import SyncReport, to_blob
 from .db import TEXT_REINDEX_NEEDED, Meta, Passage, Video
 from .decode import decode, pcm_memmap
 from .errors import IngestError
 from .names import path_from_db
 from .passages import embed_transcript
+from .store import FeatureRef, FeatureStore, FeatureStoreError
 from .text import normalize
 from .worker import Services, Worker
 
@@ -68,17 +69,54 @@ def reencode_stale(services: Services, batch: int = 8, worker_id: str = "reindex
     return done, failed
 
 
+def copy_shard_features(services: Services, batch: int = 256) -> int:
+    """Moving a collection to Milvus: copy the frame features of the current model's videos from the shard files
+    under the home folder (run it where they are readable) into Milvus, and point the rows there. Rows already
+    there, of another model, or without features are left alone. Returns the number of videos copied."""
+    model = services.encoder.model
+    version = services.encoder.status().model_version
+    if services.settings.vector_store != "milvus" or model is None:
+        return 0
+    from .milvus_store import MILVUS_SHARD
+
+    frames, dim = model.config.num_frames, model.config.embed_dim
+    target = services.catalog.open_features(frames, dim, "copy")
+    with services.sessions() as s:
+        ids = list(s.scalars(select(Video.id).where(Video.model_version == version, Video.feature_shard.is_not(None),
+                                                    Video.feature_shard != MILVUS_SHARD).order_by(Video.id)))
+    if not ids:
+        return 0
+    shards = FeatureStore(services.settings.features_dir, frames, dim, owner="copy")
+    copied = 0
+    for start in range(0, len(ids), batch):
+        with services.sessions.begin() as s:
+            for video in s.scalars(select(Video).where(Video.id.in_(ids[start:start + batch]))):
+                try:
+                    f, m = shards.read(FeatureRef(video.feature_shard, video.feature_offset, video.id))
+                except FeatureStoreError as exc:
+                    log.warning("video %s: %s; `save-search reindex` after the switch re-encodes it", video.id, exc)
+                    continue
+                ref = target.append(video.id, f, m)
+                video.feature_shard, video.feature_offset = ref.shard, ref.offset
+                copied += 1
+    return copied
+
+
 def rebuild_indexes(services: Services) -> dict[str, int]:
-    """Drop the published index snapshots and rebuild them from the database."""
-    catalog = services.catalog
-    for managed in catalog.indexes():
-        shutil.rmtree(managed.folder, ignore_errors=True)
-        managed.load()
-    catalog.sync_and_publish()
-    counts = {"passages": len(catalog.passages.index)}
-    if catalog.videos is not None:
-        counts["videos"] = len(catalog.videos.index)
-    return counts
+    """Drop the index entries (snapshot files, or Milvus collections) and rebuild them from the database."""
+    with services.index_lock:
+        return services.catalog.rebuild()
+
+
+def verify_indexes(services: Services) -> dict[str, SyncReport]:
+    """Compare the database with the indexes (ids per embedding space, each way) and repair the differences:
+    what a worker killed between its commit and its index write, or a delete cut short, leaves behind."""
+    model = services.encoder.model
+    if model is not None:  # opens the frame features too, so that they are checked
+        services.catalog.open_features(model.config.num_frames, model.config.embed_dim, "verify")
+    services.catalog.prepare()
+    with services.index_lock:
+        return services.catalog.repair()
 
 
 def reindex_text(services: Services, batch: int = 64) -> int:

@@ -205,12 +205,8 @@ class SearchService:
         self._sentence_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-sentences")
         self.batcher = QueryBatcher(self._encode_batch, self._model_lock)
         model = services.encoder.model
-        self.store = None
-        if model is not None:
-            from .store import FeatureStore
-
-            self.store = FeatureStore(services.settings.features_dir, model.config.num_frames,
-                                      model.config.embed_dim, owner="reader")
+        self.store = (services.catalog.open_features(model.config.num_frames, model.config.embed_dim, "reader")
+                      if model is not None else None)
 
     def _encode_sentences(self, queries: list[str]) -> np.ndarray:
         return embed(self.services.sentences, queries, self.ranking.normalize_sentence_input)
@@ -254,21 +250,14 @@ class SearchService:
         # The pool depends on the query and k only (never on the offset), so every page ranks the same set.
         want = self.pool_size(k)
         candidates: set[int] = set()
-        passage_hits: dict[int, float] = {}
         with self.services.index_lock:  # an embedded worker may be adding to the same in-memory indexes
-            catalog.reload_if_changed()  # pick up snapshots that other processes published
-            video_index = catalog.videos.index if catalog.videos is not None else None
-            if visual_q is not None and video_index is not None and len(video_index):
+            catalog.reload_if_changed()  # pick up what other processes published
+            if visual_q is not None:
                 q = torch.nn.functional.normalize(visual_q, dim=-1).numpy().astype(np.float32)
-                _, ids = video_index.search(q, min(want, len(video_index)))
-                candidates.update(int(i) for i in ids[0] if i >= 0)
-            passage_index = catalog.passages.index
-            if passage_index is not None and len(passage_index):
-                # More passages than videos wanted: a video has several, and approximate indexes need the margin
-                # for recall (BENCHMARKS.md).
-                scores, ids = passage_index.search(sentence_q[None].astype(np.float32),
-                                                   min(PASSAGES_PER_CANDIDATE * want, len(passage_index)))
-                passage_hits = {int(i): float(sc) for sc, i in zip(scores[0], ids[0], strict=True) if i >= 0}
+                candidates.update(catalog.search_videos(q, want))
+            # More passages than videos wanted: a video has several, and approximate indexes need the margin for
+            # recall (BENCHMARKS.md).
+            passage_hits = catalog.search_passages(sentence_q.astype(np.float32), PASSAGES_PER_CANDIDATE * want)
         with self.services.sessions() as s:
             if as_of is None:
                 as_of = s.scalar(select(func.max(Video.id))) or 0

@@ -45,7 +45,15 @@ class Settings:
     max_size_bytes: int = 20 * 1024**3
     allowed_roots: list[Path] = field(default_factory=list)  # bulk jobs may only read below these
     # index
-    index_type: str = "auto"  # auto | flat | ivfpq | hnsw
+    index_type: str = "auto"  # auto | flat | ivfpq | hnsw (FAISS)
+    # where the indexes and frame features live: faiss (files under home) | milvus (no shared disk needed)
+    vector_store: str = "faiss"
+    milvus_uri: str | None = None  # e.g. http://milvus:19530
+    milvus_token: str | None = None  # "user:password" or an API key
+    milvus_db: str | None = None  # Milvus database; default: the server's default one
+    milvus_collection_prefix: str = "save_search"  # several collections (deployments) can share one Milvus
+    milvus_index: str = "AUTOINDEX"  # Milvus index type of the vector collections: AUTOINDEX, FLAT, IVF_FLAT, HNSW, ...
+    milvus_nprobe: int = 32  # IVF lists searched per query (IVF_* index types)
     encode_batch_size: int = 8
     # search service
     # ranking (indexer/search.py; each measured in BENCHMARKS.md, "Retrieval quality on real speech")
@@ -71,6 +79,11 @@ class Settings:
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser()
+        self.vector_store = self.vector_store.strip().lower()
+        if self.vector_store not in ("faiss", "milvus"):
+            raise ValueError(f"SAVE_SEARCH_VECTOR_STORE must be faiss or milvus, not {self.vector_store!r}")
+        if self.vector_store == "milvus" and not self.milvus_uri:
+            raise ValueError("SAVE_SEARCH_VECTOR_STORE=milvus needs SAVE_SEARCH_MILVUS_URI (e.g. http://host:19530)")
         self.allowed_roots = [Path(p).expanduser().resolve() for p in self.allowed_roots]
 
     @property

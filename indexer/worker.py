@@ -2,8 +2,9 @@
 hash -> probe -> decode -> transcribe -> encode -> store + database (one commit point) -> index.
 
 Crash safety: a video becomes visible only in the transaction that also marks its item done, after its
-features are on disk (fsynced). A kill at any moment leaves either nothing (the item is reclaimed and
-redone) or a committed video whose index entry is added by the start-up sync. The same file twice is one
+frame features are stored (fsynced shard, or Milvus). Its index entries are written right after the commit. A
+kill at any moment leaves either nothing (the item is reclaimed and redone) or a committed video whose index
+entries are added by the start-up repair (or ``save-search reindex --verify``). The same file twice is one
 video (content hash, unique in the database).
 """
 
@@ -28,7 +29,7 @@ from models.inputs import VideoInputs, audio_features
 from models.preprocess import preprocess_frames, tokenize_speech
 
 from .asr import Transcriber, Transcript
-from .catalog import Catalog, to_blob
+from .catalog import make_catalog, to_blob
 from .db import TEXT_REINDEX_NEEDED, JobItem, Meta, Video, make_engine, session_factory
 from .decode import DecodedVideo, decode, fbank_from_pcm, pcm_memmap, save_thumbnail
 from .encode import VisualEncoder
@@ -39,7 +40,6 @@ from .names import path_from_db, path_to_db
 from .passages import EmbeddedTranscript, embed_transcript
 from .probe import ProbeResult, check_access, probe
 from .settings import Settings
-from .store import FeatureStore
 from .transcripts import SentenceEncoder
 from .workdir import (
     ORPHAN_GRACE_S,
@@ -101,8 +101,8 @@ class Services:
         self.index_lock = threading.RLock()  # the in-process catalog is shared by an embedded worker and the API
         status = self.encoder.status()
         dim = self.encoder.model.config.embed_dim if self.encoder.model is not None else None
-        self.catalog = Catalog(settings.index_dir, self.sessions, status.model_version, dim, passage_space(settings),
-                               self.sentences.dim, settings.index_type)
+        self.catalog = make_catalog(settings, self.sessions, status.model_version, dim, passage_space(settings),
+                                    self.sentences.dim)
         self.catalog.load()
 
     def stale_videos(self) -> int:
@@ -134,8 +134,8 @@ class Worker:
         self.work_dir = self.settings.home / "work" / self.owner
         self._work_lock: int | None = None  # held from startup() on: this id is alive on this host
         model = services.encoder.model
-        self.store = (FeatureStore(self.settings.features_dir, model.config.num_frames, model.config.embed_dim,
-                                   owner=self.owner) if model is not None else None)
+        self.store = (services.catalog.open_features(model.config.num_frames, model.config.embed_dim, self.owner)
+                      if model is not None else None)
         self.thumbs = self.settings.media_dir / "thumbnails"
         # Seconds spent per stage and seconds of video indexed, for logs and the ingest benchmark.
         self.stats: dict[str, float] = defaultdict(float)
@@ -173,7 +173,7 @@ class Worker:
                         "with this one: run `save-search reindex` to re-encode them", stale)
         self.services.catalog.prepare()  # rebuilds (k-means) outside the lock searches wait for
         with self.services.index_lock:
-            reports = self.services.catalog.sync_and_publish()
+            reports = self.services.catalog.repair()
         if any(r.added or r.removed for r in reports.values()):
             log.info("index repair: %s", {k: vars(v) for k, v in reports.items()})
 
@@ -241,10 +241,11 @@ class Worker:
             return
         with self.timed("encode"):
             embeddings = self._encode(prepared)
+        committed: list[int] = []
         for p, emb in zip(prepared, embeddings, strict=True):
             try:
                 with self.timed("commit"):
-                    self.commit(p, emb)
+                    committed.append(self.commit(p, emb))
                 self.stats["video_seconds"] += p.probe.duration_s
                 self.stats["videos"] += 1
             except IngestError as exc:
@@ -257,7 +258,7 @@ class Worker:
         with self.timed("index"):
             self.services.catalog.prepare()  # rebuilds (k-means) outside the lock searches wait for
             with self.services.index_lock:
-                self.services.catalog.sync_and_publish()
+                self.services.catalog.index_videos(committed)
 
     def _fail(self, item_id: int, error: IngestError) -> None:
         outcome = self.queue.mark_failed(item_id, self.owner, error)

@@ -101,3 +101,37 @@ def tiny_weights(tmp_path_factory) -> tuple[Path, Path]:
     model.clip.model.save_pretrained(root / "clip")
     model.audio_encoder.model.save_pretrained(root / "ast")
     return root / "clip", root / "ast"
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory) -> Iterator[str]:
+    """Milvus Lite 2.5 (the C++ engine) serving gRPC on a free local port, for the whole session: several
+    processes can use it at once, as they would a Milvus standalone server. Tests keep apart by collection
+    prefix (``SAVE_SEARCH_MILVUS_COLLECTION_PREFIX``)."""
+    import socket
+    import time
+
+    try:
+        from milvus_lite.server import Server
+    except ImportError as exc:
+        pytest.skip(f"milvus-lite 2.5 is not installed ({exc}); pip install -e '.[milvus-lite]' (Linux/macOS)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = Server(str(tmp_path_factory.mktemp("milvus") / "milvus.db"), address=f"127.0.0.1:{port}")
+    if not (server.init() and server.start()):
+        pytest.fail("milvus-lite did not start", pytrace=False)
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.time() > deadline:
+                server.stop()
+                pytest.fail(f"milvus-lite never listened on port {port}", pytrace=False)
+            time.sleep(0.2)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()

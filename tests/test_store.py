@@ -580,7 +580,7 @@ def test_savers_in_separate_processes_serialize(tmp_path: Path) -> None:
 def test_catalog_prepares_rebuilds_from_the_database(tmp_path) -> None:
     """The worker's prepare step: the catalog counts what belongs in each index, builds the replacement the next
     sync would otherwise build under the lock (here flat -> HNSW as configured), and sync only swaps it in."""
-    from indexer.catalog import Catalog, to_blob
+    from indexer.catalog import FaissCatalog, to_blob
     from indexer.db import Passage, Video, make_engine, session_factory
     from indexer.migrate import init_db
 
@@ -597,7 +597,7 @@ def test_catalog_prepares_rebuilds_from_the_database(tmp_path) -> None:
                 video.passages = [Passage(first_idx=0, last_idx=0, start_s=0.0, end_s=1.0,
                                           embedding=to_blob(unit(rng.standard_normal(4))))]
             s.add(video)
-    catalog = Catalog(tmp_path / "index", sessions, "v1", 8, "minilm", 4, index_type="hnsw")
+    catalog = FaissCatalog(tmp_path / "index", sessions, "v1", 8, "minilm", 4, index_type="hnsw")
     catalog.load()
     assert catalog.videos.index.kind == catalog.passages.index.kind == "flat"  # nothing published yet
     assert catalog.prepare()

@@ -1,0 +1,83 @@
+"""Search semantics do not depend on the backend: the same collection (one database) searched through FAISS and
+through Milvus gives the same candidates, scores, rankings and pages. Both use exact (flat) indexes here, so
+the results must agree exactly; with approximate indexes (IVF, HNSW) they differ only by ANN recall, which
+``bench/query_bench.py`` measures."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from pymilvus import MilvusClient
+
+from indexer.catalog import to_blob
+from indexer.db import Video
+from indexer.passages import embed_transcript
+from indexer.search import SearchService
+from indexer.settings import Settings
+from indexer.store import pool_frames
+from indexer.worker import Services
+from tests.media_fixtures import MEDIA, ljspeech_transcripts
+
+pytestmark = pytest.mark.skipif(not MEDIA.exists(), reason=f"no test media at {MEDIA}")
+
+QUERIES = ["printing", "the invention of movable type", "books of the fifteenth century", "a roman letter",
+           "the most beautiful type ever cut", "nothing in particular"]
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory, tiny_weights, milvus_uri) -> Iterator[tuple[SearchService, SearchService]]:
+    """One SQLite collection of every LJSpeech transcript (clauses as segments, real MiniLM passages, random
+    frame features) indexed by FAISS and by Milvus: (faiss search, milvus search)."""
+    root = tmp_path_factory.mktemp("parity")
+    common = dict(database_url=f"sqlite:///{root / 'db.sqlite'}", model="tiny", clip_source=str(tiny_weights[0]),
+                  audio_source=str(tiny_weights[1]))
+    on_faiss = Services(Settings(home=root / "faiss", index_type="flat", **common))
+    prefix = f"parity_{secrets.token_hex(4)}"
+    on_milvus = Services(Settings(home=root / "milvus", vector_store="milvus", milvus_uri=milvus_uri,
+                                  milvus_collection_prefix=prefix, milvus_index="FLAT", **common),
+                         encoder=on_faiss.encoder, sentences=on_faiss.sentences)
+    config = on_faiss.encoder.model.config
+    shards = on_faiss.catalog.open_features(config.num_frames, config.embed_dim, "parity")
+    in_milvus = on_milvus.catalog.open_features(config.num_frames, config.embed_dim, "parity")
+    rng = np.random.default_rng(11)
+    with on_faiss.sessions.begin() as s:
+        for i, (key, text) in enumerate(sorted(ljspeech_transcripts().items()), start=1):
+            clauses = [c.strip() for c in text.split(",") if c.strip()]
+            embedded = embed_transcript(on_faiss.sentences, [(2.0 * j, 2.0 * j + 2, c) for j, c in enumerate(clauses)],
+                                        False)
+            frames = rng.standard_normal((config.num_frames, config.embed_dim)).astype(np.float16)
+            mask = (np.arange(config.num_frames) < 4 + i % 8).astype(np.uint8)
+            segments, passages = embedded.rows()
+            video = Video(id=i, content_hash=f"{i:064x}", filename=f"{key}.mp4", source_path=f"/m/{key}.mp4",
+                          size_bytes=1, duration_s=2.0 * len(clauses), has_audio=True, transcript=text,
+                          language="en", model_mode=on_faiss.encoder.status().mode, status="indexed",
+                          model_version=on_faiss.encoder.status().model_version,
+                          pooled=to_blob(pool_frames(frames[None], mask[None])[0]), segments=segments,
+                          passages=passages)
+            ref = shards.append(i, frames, mask)
+            in_milvus.append(i, frames, mask)  # the same features, found by video id
+            video.feature_shard, video.feature_offset = ref.shard, ref.offset
+            s.add(video)
+    for services in (on_faiss, on_milvus):
+        services.catalog.repair()
+    # Few candidates per source (k=3: 12), so candidate generation decides what is ranked, not the collection size.
+    yield SearchService(on_faiss, ann_candidates=3), SearchService(on_milvus, ann_candidates=3)
+    client = MilvusClient(uri=milvus_uri)
+    for name in client.list_collections():
+        if name.startswith(prefix):
+            client.drop_collection(name)
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_both_backends_rank_the_same_collection_identically(backends, query: str) -> None:
+    on_faiss, on_milvus = backends
+    for offset in (0, 3):  # the first page and the next one: the same pool, so the same pagination
+        a, b = on_faiss.search(query, k=3, offset=offset), on_milvus.search(query, k=3, offset=offset)
+        assert (a.total_candidates, a.as_of) == (b.total_candidates, b.as_of)
+        assert [r.video_id for r in a.results] == [r.video_id for r in b.results]
+        for x, y in zip(a.results, b.results, strict=True):
+            assert x.score == pytest.approx(y.score, abs=1e-5) and x.visual_score is not None
+            assert (x.segment, x.speech_score is None) == (y.segment, y.speech_score is None)
