@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import logging
 import math
@@ -34,7 +35,7 @@ import shutil
 import socket
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -482,32 +483,43 @@ def insert_segments(services, n_videos: int, per_video: int, seed: int, batch: i
 
 
 def end_to_end(col: Collection, model, count: int, device: str = "cpu", index_type: str = "auto",
-               insert: bool = True, segments_per_video: int = 0) -> dict[str, object]:
+               insert: bool = True, segments_per_video: int = 0, milvus_uri: str | None = None,
+               server_cpu_s: Callable[[], float] = lambda: 0.0) -> dict[str, object]:
     """``GET /v1/search`` through the real app on this collection, one new query at a time (no cache hits).
-    With ``segments_per_video`` the videos get transcripts first (on top of an earlier call's rows)."""
+    With ``segments_per_video`` the videos get transcripts first (on top of an earlier call's rows). With
+    ``milvus_uri`` the app runs on the Milvus backend: the frame features are copied from the shards into Milvus
+    first (``copy_shard_features``, what moving a collection to Milvus does), so run FAISS on a collection first.
+    ``server_cpu_s``: CPU seconds of a server process doing part of the work, counted in the CPU time per call."""
     from fastapi.testclient import TestClient
 
     from app.main import create_app
     from indexer.encode import VisualEncoder
+    from indexer.reindex import copy_shard_features
     from indexer.settings import Settings
     from indexer.worker import Services
 
-    settings = Settings(home=col.home, device=device, index_type=index_type)
+    backend = {"vector_store": "milvus", "milvus_uri": milvus_uri,
+               "milvus_collection_prefix": f"bench{col.n}"} if milvus_uri else {}
+    settings = Settings(home=col.home, device=device, index_type=index_type, **backend)
     services = Services(settings, encoder=VisualEncoder(settings, model=model))
     version = services.encoder.status().model_version
     insert_s = insert_videos(services, col, version) if insert else 0.0
     if segments_per_video:
         insert_s += insert_segments(services, col.n, segments_per_video, seed=col.n)
     start = time.perf_counter()
+    if milvus_uri:
+        copy_shard_features(services)
     with services.index_lock:
-        services.catalog.sync_and_publish()  # what the worker's start-up does: build the index from the database
+        services.catalog.repair()  # what the worker's start-up does: the index from the database
     sync_s = time.perf_counter() - start
-    kind = services.catalog.videos.index.kind
+    catalog = services.catalog
+    kind = f"milvus {settings.milvus_index}" if milvus_uri else catalog.videos.index.kind
     latencies, direct = [], []
     queries = random_queries(2 * count + 10, seed=2)
     with TestClient(create_app(settings, embedded_worker=False, services=services)) as client:
         search = client.app.state.save.search  # the app's SearchService, to time it without HTTP as well
         parts = _time_parts(search)
+        cpu, server_cpu = time.process_time(), server_cpu_s()
         for i in range(count + 5):
             t0 = time.perf_counter()
             r = client.get("/v1/search", params={"q": queries[2 * i], "k": TOP_K})
@@ -523,11 +535,13 @@ def end_to_end(col: Collection, model, count: int, device: str = "cpu", index_ty
             else:
                 latencies.append(1000 * (t1 - t0))
                 direct.append(1000 * (t2 - t1))
+        cpu_ms = 1000 * (time.process_time() - cpu + server_cpu_s() - server_cpu) / (2 * (count + 5))
     calls = 2 * count  # the HTTP request and the direct call both run the wrapped steps
     breakdown = {k: 1000 * v / calls for k, v in parts.items()}
     breakdown["outside the encoders"] = breakdown["total"] - breakdown["encoders"]
     return {"ms": latencies, "direct_ms": direct, "kind": kind, "insert_s": insert_s, "sync_s": sync_s,
-            "candidates": search.ann_candidates, "breakdown": breakdown, "segments": segments_per_video}
+            "candidates": search.ann_candidates, "breakdown": breakdown, "segments": segments_per_video,
+            "cpu_ms": cpu_ms}
 
 
 def _time_parts(search) -> dict[str, float]:
@@ -536,7 +550,8 @@ def _time_parts(search) -> dict[str, float]:
     re-scoring), within it the visual part (read features + re-scoring) and the transcript part (segment rows +
     one matrix product), and the page's rows. The rest is ANN, full-text search and glue."""
     totals = {"total": 0.0, "encoders": 0.0, "score (SQL + visual + segments)": 0.0,
-              "visual (read + re-score)": 0.0, "segments (rows + cosine)": 0.0, "page rows": 0.0}
+              "visual (read + re-score)": 0.0, "segments (rows + cosine)": 0.0,
+              "passages (rows + cosine + words)": 0.0, "page rows": 0.0}
 
     def wrap(name: str, label: str) -> None:
         inner = getattr(search, name, None)
@@ -723,6 +738,7 @@ def milvus_lite_server(folder: Path, port: int) -> Iterator[int]:
     """A milvus-lite 2.5 gRPC server (its own process, as a deployment runs it) on 127.0.0.1:port; yields its pid."""
     from milvus_lite.server import Server
 
+    folder.mkdir(parents=True, exist_ok=True)
     server = Server(str(folder / "bench.db"), address=f"127.0.0.1:{port}")
     if not server.start():
         raise RuntimeError("milvus-lite did not start (see its log above)")
@@ -746,7 +762,6 @@ def milvus_ivf_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray
     from pymilvus import DataType, MilvusClient
 
     n = len(pooled16)
-    folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     with milvus_lite_server(folder, port) as pid:
         client = connect_milvus(f"http://127.0.0.1:{port}")
@@ -811,6 +826,31 @@ def connect_milvus(uri: str, attempts: int = 50):
     raise AssertionError("unreachable")
 
 
+def end_to_end_side_by_side(n: int, backends: list[str], args: argparse.Namespace, work: Path) -> list[list[object]]:
+    """/search end to end on each backend over one collection of n videos (FAISS first: the Milvus run moves the
+    frame features into Milvus); table rows."""
+    from bench.ingest_bench import build_model
+
+    col = generate(n, work / f"e2e-{n}" / "home", Synth(), args.queries, args.seed + n)
+    model = build_model(args.device)
+    rows: list[list[object]] = []
+    for i, backend in enumerate(backends):
+        with contextlib.ExitStack() as stack:
+            if backend == "milvus":
+                port = free_port()
+                pid = stack.enter_context(milvus_lite_server(work / f"e2e-milvus-{n}", port))
+                uri = f"http://127.0.0.1:{port}"
+                connect_milvus(uri).close()
+                e2e = end_to_end(col, model, args.e2e_queries, args.device, insert=i == 0, milvus_uri=uri,
+                                 server_cpu_s=functools.partial(proc_cpu_s, pid))
+            else:
+                e2e = end_to_end(col, model, args.e2e_queries, args.device, insert=i == 0)
+        rows.append([size_label(n), backend, e2e["kind"], percentile(e2e["ms"], 50), percentile(e2e["ms"], 99),
+                     percentile(e2e["direct_ms"], 50), e2e["cpu_ms"], e2e["sync_s"]])
+        print(f"  {backend}: /search p50 {percentile(e2e['ms'], 50):.1f} ms", flush=True)
+    return rows
+
+
 def fastest_at(runs: list[AnnRun], target: float) -> AnnRun | None:
     """The smallest nprobe whose recall@10 reaches ``target`` (nprobe sweeps are monotone in cost)."""
     ok = [r for r in runs if r.recall >= target]
@@ -865,6 +905,8 @@ def ann_side_by_side(args: argparse.Namespace, command: str, machine_extra: str)
                 equal_rows.append(row)
             del pooled16
             gc.collect()
+        e2e_rows = [row for n in sorted({int(x) for x in args.e2e.split(",") if x.strip()})
+                    for row in end_to_end_side_by_side(n, backends, args, work)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     header = ["videos", "recall@10 target"]
@@ -900,6 +942,15 @@ def ann_side_by_side(args: argparse.Namespace, command: str, machine_extra: str)
                  "as a worker writes right after its database commit), and the bulk insert rate before indexing:",
                  "", md_table(["videos", "backend", "single inserts", "p50 ms", "p99 ms", "bulk insert videos/s"],
                               insert_rows), ""]
+    if e2e_rows:
+        body += ["`GET /v1/search?k=10` end to end on each backend (real app through TestClient, default settings, a "
+                 "new query each time; the same synthetic collection and database rows, no transcripts; "
+                 "SearchService.search is the same call without HTTP; CPU ms = this process's CPU time per request, "
+                 "plus the milvus-lite server's):", "",
+                 md_table(["videos", "backend", "index", "/search p50 ms", "p99 ms", "SearchService.search p50 ms",
+                           "CPU ms per call (HTTP and direct averaged)", "features into the backend + repair s"],
+                          e2e_rows),
+                 ""]
     body += ["Every setting:", "", md_table(["videos", "backend", "nprobe", "recall@10", "p50 ms", "p99 ms",
                                              "CPU ms/query"], rows)]
     return entry("ANN side by side: FAISS vs Milvus Lite, IVF_FLAT at equal recall@10", command, load,
