@@ -851,6 +851,46 @@ def end_to_end_side_by_side(n: int, backends: list[str], args: argparse.Namespac
     return rows
 
 
+def milvus_frames_footprint(n: int, candidates: int, work: Path) -> list[object]:
+    """The frame-feature collection of the Milvus backend (``MilvusCatalog.open_features``, the code search and the
+    worker use): n videos written one upsert each, as a worker does; the server's RSS growth and disk per video;
+    and reading ``candidates`` random videos' frames at once, as exact re-scoring does per query (20 reads)."""
+    import torch
+
+    from indexer.milvus_store import MILVUS_SHARD, MilvusCatalog
+    from indexer.store import FeatureRef
+
+    port = free_port()
+    folder = work / "frames"
+    with milvus_lite_server(folder, port) as pid:
+        client = connect_milvus(f"http://127.0.0.1:{port}")
+        catalog = MilvusCatalog(client, None, "bench", DIM, "bench", 384, prefix="bench_frames")  # type: ignore[arg-type]
+        frames_store = catalog.open_features(FRAMES, DIM, "bench")
+        base_rss = proc_rss(pid)
+        g = torch.Generator().manual_seed(n)
+        centroids, _ = Synth().topics(g, n, 1)
+        write_ms = []
+        for lo in range(0, n, 1000):
+            frames16, mask, _ = Synth().videos(g, centroids, min(1000, n - lo))
+            for i in range(len(frames16)):
+                t0 = time.perf_counter()
+                frames_store.append(lo + i + 1, frames16[i].numpy(), mask[i].numpy())
+                write_ms.append(1000 * (time.perf_counter() - t0))
+        rng = np.random.default_rng(0)
+        read_ms = []
+        for _ in range(20):
+            ids = rng.choice(np.arange(1, n + 1), min(candidates, n), replace=False)
+            t0 = time.perf_counter()
+            frames_store.read_many([FeatureRef(MILVUS_SHARD, 0, int(v)) for v in ids])
+            read_ms.append(1000 * (time.perf_counter() - t0))
+        ram = proc_rss(pid) - base_rss
+        client.close()
+    disk = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    shutil.rmtree(folder, ignore_errors=True)
+    return [size_label(n), percentile(write_ms, 50), percentile(write_ms, 99), ram / n, disk / n, candidates,
+            percentile(read_ms, 50), percentile(read_ms, 99)]
+
+
 def fastest_at(runs: list[AnnRun], target: float) -> AnnRun | None:
     """The smallest nprobe whose recall@10 reaches ``target`` (nprobe sweeps are monotone in cost)."""
     ok = [r for r in runs if r.recall >= target]
@@ -907,6 +947,8 @@ def ann_side_by_side(args: argparse.Namespace, command: str, machine_extra: str)
             gc.collect()
         e2e_rows = [row for n in sorted({int(x) for x in args.e2e.split(",") if x.strip()})
                     for row in end_to_end_side_by_side(n, backends, args, work)]
+        frames_rows = ([milvus_frames_footprint(args.frames_videos, search_defaults()[1], work)]
+                       if args.frames_videos and "milvus" in backends else [])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     header = ["videos", "recall@10 target"]
@@ -951,6 +993,12 @@ def ann_side_by_side(args: argparse.Namespace, command: str, machine_extra: str)
                            "CPU ms per call (HTTP and direct averaged)", "features into the backend + repair s"],
                           e2e_rows),
                  ""]
+    if frames_rows:
+        body += ["Frame features in Milvus (the backend's `frames` collection: fp16 12 x 512 per video as one "
+                 "FLOAT16_VECTOR, FLAT, loaded), written one video per upsert as a worker does, then read for a "
+                 "query's re-scoring candidates at once (`MilvusFrames.read_many`, 20 reads of random ids):", "",
+                 md_table(["videos", "write p50 ms", "write p99 ms", "server RSS growth bytes/video",
+                           "disk bytes/video", "candidates read", "read p50 ms", "read p99 ms"], frames_rows), ""]
     body += ["Every setting:", "", md_table(["videos", "backend", "nprobe", "recall@10", "p50 ms", "p99 ms",
                                              "CPU ms/query"], rows)]
     return entry("ANN side by side: FAISS vs Milvus Lite, IVF_FLAT at equal recall@10", command, load,
@@ -995,6 +1043,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="faiss",
                    help="faiss: the FAISS index types above; a list with milvus (e.g. faiss,milvus): the raw ANN "
                         "side by side instead, IVF_FLAT on each listed backend at equal recall@10 (needs milvus-lite)")
+    p.add_argument("--frames-videos", type=int, default=0,
+                   help="with milvus: also write this many videos' frame features into the Milvus backend's frame "
+                        "collection and measure RAM/disk per video and the re-scoring read")
     p.add_argument("--quiet-wait-s", type=float, default=600.0,
                    help="wait at most this long for a 1-min load average below 1.5 before measuring")
     p.add_argument("--seed", type=int, default=0)
