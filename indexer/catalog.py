@@ -82,6 +82,9 @@ class VectorCatalog(ABC):
 
     model_version: str | None
     sessions: sessionmaker
+    # The indexes live in this process's memory, where an embedded worker changes them: searches hold
+    # ``Services.index_lock`` (a remote store serves concurrent searches without it).
+    in_process: bool = True
 
     @abstractmethod
     def load(self) -> None:

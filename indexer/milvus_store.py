@@ -117,6 +117,8 @@ class MilvusFrames:
 class MilvusCatalog(VectorCatalog):
     """Video vectors, passage vectors and frame features in Milvus; the database says what belongs there."""
 
+    in_process = False
+
     def __init__(self, client: MilvusClient, sessions: sessionmaker, model_version: str | None,
                  video_dim: int | None, passage_space: str, passage_dim: int, *, prefix: str = "save_search",
                  index_type: str = "AUTOINDEX", nprobe: int = 32) -> None:
@@ -161,8 +163,13 @@ class MilvusCatalog(VectorCatalog):
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False, description=description)
         for field_name, dtype, options in fields:
             schema.add_field(field_name, dtype, **options)
-        self.client.create_collection(name, schema=schema, index_params=self._index_params(vector_field, index_type),
-                                      consistency_level=CONSISTENCY)
+        try:
+            self.client.create_collection(name, schema=schema,
+                                          index_params=self._index_params(vector_field, index_type),
+                                          consistency_level=CONSISTENCY)
+        except MilvusException:
+            if not self.client.has_collection(name):  # else another process created it at the same moment
+                raise
         self.client.load_collection(name)
 
     def _create_videos(self) -> None:

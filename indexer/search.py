@@ -22,6 +22,7 @@ most its pool.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -250,7 +251,8 @@ class SearchService:
         # The pool depends on the query and k only (never on the offset), so every page ranks the same set.
         want = self.pool_size(k)
         candidates: set[int] = set()
-        with self.services.index_lock:  # an embedded worker may be adding to the same in-memory indexes
+        # An embedded worker may be adding to the same in-memory indexes.
+        with self.services.index_lock if catalog.in_process else contextlib.nullcontext():
             catalog.reload_if_changed()  # pick up what other processes published
             if visual_q is not None:
                 q = torch.nn.functional.normalize(visual_q, dim=-1).numpy().astype(np.float32)

@@ -6,15 +6,20 @@ the results must agree exactly; with approximate indexes (IVF, HNSW) they differ
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 
 import numpy as np
 import pytest
 from pymilvus import MilvusClient
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from indexer.catalog import to_blob
-from indexer.db import Video
+from indexer.db import Passage, Video
 from indexer.passages import embed_transcript
+from indexer.reindex import copy_shard_features, rebuild_indexes
 from indexer.search import SearchService
 from indexer.settings import Settings
 from indexer.store import pool_frames
@@ -81,3 +86,34 @@ def test_both_backends_rank_the_same_collection_identically(backends, query: str
         for x, y in zip(a.results, b.results, strict=True):
             assert x.score == pytest.approx(y.score, abs=1e-5) and x.visual_score is not None
             assert (x.segment, x.speech_score is None) == (y.segment, y.speech_score is None)
+
+
+def test_moving_a_collection_to_milvus_copies_its_shard_features(backends, tmp_path, milvus_uri) -> None:
+    """`save-search reindex --rebuild-only` after the switch: the frame features come from the shard files (no
+    re-encoding), the vectors from the database, and search answers as before."""
+    on_faiss, _ = backends
+    before = on_faiss.services.settings
+    database = tmp_path / "moved.sqlite"
+    with closing(sqlite3.connect(make_url(before.db_url).database)) as source, \
+            closing(sqlite3.connect(database)) as copy:
+        source.backup(copy)  # the committed state, write-ahead log included
+    prefix = f"moved_{secrets.token_hex(4)}"
+    moved = Services(Settings(home=before.home, database_url=f"sqlite:///{database}", model="tiny",
+                              clip_source=before.clip_source, audio_source=before.audio_source, vector_store="milvus",
+                              milvus_uri=milvus_uri, milvus_collection_prefix=prefix, milvus_index="FLAT"),
+                     encoder=on_faiss.services.encoder, sentences=on_faiss.services.sentences)
+    try:
+        with moved.sessions() as s:
+            total = s.scalar(select(func.count()).select_from(Video))
+            passages = s.scalar(select(func.count()).select_from(Passage))
+        assert total and copy_shard_features(moved) == total
+        assert copy_shard_features(moved) == 0  # every row points to Milvus now
+        assert rebuild_indexes(moved) == {"videos": total, "passages": passages}
+        a, b = on_faiss.search(QUERIES[1], k=3), SearchService(moved, ann_candidates=3).search(QUERIES[1], k=3)
+        assert [(r.video_id, r.score) for r in a.results] == [(r.video_id, pytest.approx(r.score, abs=1e-5))
+                                                               for r in b.results]
+    finally:
+        client = MilvusClient(uri=milvus_uri)
+        for name in client.list_collections():
+            if name.startswith(prefix):
+                client.drop_collection(name)
