@@ -126,7 +126,7 @@ def write_videos(backend: str, home: str, db_url: str, milvus_uri: str | None, w
         pooled = frames.astype(np.float32).mean(0)
         t0 = time.perf_counter()
         with sessions.begin() as s:
-            video = Video(content_hash=f"w{worker}-{i}".ljust(64, "0"), filename=f"new-{worker}-{i}.mp4",
+            video = Video(content_hash=f"{worker + 1:08x}{i:056x}", filename=f"new-{worker}-{i}.mp4",
                           source_path="/dev/null", size_bytes=0, duration_s=60.0, has_audio=True, transcript="",
                           model_mode="save-fused", status="indexed")
             emb = unit16(rng, PASSAGES_PER_VIDEO, PASSAGE_DIM)
@@ -148,6 +148,21 @@ def write_videos(backend: str, home: str, db_url: str, milvus_uri: str | None, w
              "first": first, "last": time.time()})
 
 
+def collect(out: multiprocessing.Queue, procs: list) -> list[dict]:
+    """Each worker's result; a worker that died without one fails the run at once instead of hanging it."""
+    import queue
+
+    results: list[dict] = []
+    while len(results) < len(procs):
+        try:
+            results.append(out.get(timeout=5))
+        except queue.Empty:
+            failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if failed:
+                raise RuntimeError(f"a writer process failed (exit codes {failed}); its traceback is above") from None
+    return results
+
+
 def run_backend(backend: str, args: argparse.Namespace, work: Path) -> list[object]:
     """Prepopulate, then two worker processes at once; one table row."""
     with contextlib.ExitStack() as stack:
@@ -167,7 +182,7 @@ def run_backend(backend: str, args: argparse.Namespace, work: Path) -> list[obje
                  for i in (0, 1)]
         for p in procs:
             p.start()
-        results = [out.get(timeout=3600) for _ in procs]
+        results = collect(out, procs)
         # from the first write to the last (the processes' start-up, imports and collection loading excluded)
         wall = max(r["last"] for r in results) - min(r["first"] for r in results)
         for p in procs:
