@@ -451,7 +451,7 @@ class SearchService:
         ok, frames, masks = [], [], []
         for v in videos:
             try:
-                f, m = self.store.read(FeatureRef(v.feature_shard, v.feature_offset, v.id))
+                f, m = (x[0] for x in self.store.read_many([FeatureRef(v.feature_shard, v.feature_offset, v.id)]))
             except FeatureStoreError as exc:
                 log.error("stored features of video %s are unreadable (%s); run `save-search reindex`", v.id, exc)
                 continue

@@ -70,7 +70,7 @@ def test_apis_and_workers_on_different_hosts_share_only_postgres_and_milvus(fres
     try:
         urls = [f"http://127.0.0.1:{p}" for p in ports]
         for url, proc in zip(urls, apis, strict=True):
-            _wait_ready(url, proc, log)
+            _wait_ready(url, proc, log, timeout=600)  # two model loads at once on a busy CI machine
         _enqueue(env("cli"), media / "LJ001-0014.mp4", media / "LJ001-0015.mp4")
         workers = [_cli(env(f"worker-{name}"), "worker", "--worker-id", name, "--exit-when-idle", log=log)
                    for name in ("alpha", "beta")]

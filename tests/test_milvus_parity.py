@@ -22,7 +22,7 @@ from indexer.passages import embed_transcript
 from indexer.reindex import copy_shard_features, rebuild_indexes
 from indexer.search import SearchService
 from indexer.settings import Settings
-from indexer.store import pool_frames
+from indexer.store import FeatureRef, pool_frames
 from indexer.worker import Services
 from tests.media_fixtures import MEDIA, ljspeech_transcripts
 
@@ -117,3 +117,22 @@ def test_moving_a_collection_to_milvus_copies_its_shard_features(backends, tmp_p
         for name in client.list_collections():
             if name.startswith(prefix):
                 client.drop_collection(name)
+
+
+def test_a_video_without_frame_features_in_milvus_is_ranked_without_its_visual_score(backends) -> None:
+    """A lost frame-feature row (what `reindex --verify` counts as missing) costs that video its visual channel,
+    never the search."""
+    on_faiss, on_milvus = backends
+    top = on_milvus.search(QUERIES[1], k=3).results[0]
+    frames = on_milvus.store
+    with on_faiss.services.sessions() as s:
+        video = s.get(Video, top.video_id)
+        ref = FeatureRef(video.feature_shard, video.feature_offset, video.id)
+    saved = on_faiss.store.read_many([ref])
+    frames.client.delete(frames.name, ids=[top.video_id])
+    try:
+        results = {r.video_id: r for r in on_milvus.search(QUERIES[1], k=3).results}
+        assert len(results) == 3
+        assert all((r.visual_score is None) == (r.video_id == top.video_id) for r in results.values())
+    finally:
+        frames.append(top.video_id, saved[0][0], saved[1][0])

@@ -111,8 +111,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.time() + 180
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, log.read_text()[-3000:]
         try:
