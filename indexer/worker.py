@@ -137,6 +137,7 @@ class Worker:
         self.store = (services.catalog.open_features(model.config.num_frames, model.config.embed_dim, self.owner)
                       if model is not None else None)
         self.thumbs = self.settings.media_dir / "thumbnails"
+        self._unindexed: list[int] = []  # committed, but the index write failed: retried with the next batch
         # Seconds spent per stage and seconds of video indexed, for logs and the ingest benchmark.
         self.stats: dict[str, float] = defaultdict(float)
 
@@ -257,8 +258,13 @@ class Worker:
                 shutil.rmtree(self.work_dir / str(p.item_id), ignore_errors=True)
         with self.timed("index"):
             self.services.catalog.prepare()  # rebuilds (k-means) outside the lock searches wait for
-            with self.services.index_lock:
-                self.services.catalog.index_videos(committed)
+            unindexed, self._unindexed = self._unindexed + committed, []
+            try:
+                with self.services.index_lock:
+                    self.services.catalog.index_videos(unindexed)
+            except Exception:  # noqa: BLE001 - e.g. Milvus unreachable: the videos are committed, retry them later
+                log.exception("could not index video(s) %s now; retrying with the next batch", unindexed)
+                self._unindexed = unindexed
 
     def _fail(self, item_id: int, error: IngestError) -> None:
         outcome = self.queue.mark_failed(item_id, self.owner, error)
