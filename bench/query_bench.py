@@ -617,6 +617,24 @@ def generate_pooled(n: int, synth: Synth, n_queries: int, seed: int,
     return pooled16, q, top_i, time.perf_counter() - start
 
 
+def cached_pooled(n: int, synth: Synth, n_queries: int, seed: int,
+                  cache: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """``generate_pooled``, kept in ``cache`` (an .npz, 1 GB at 1M videos) when given: a rerun (e.g. of one backend
+    after the other failed) reuses the same vectors and exact answers instead of generating them again. The key
+    (n, queries, seed) is checked; a cache of another collection is an error, never silently reused."""
+    key = np.array([n, n_queries, seed], np.int64)
+    if cache is not None and cache.exists():
+        with np.load(cache) as f:
+            if not np.array_equal(f["key"], key):
+                raise SystemExit(f"{cache}: cached for (n, queries, seed) {f['key'].tolist()}, not {key.tolist()}")
+            return f["pooled16"], f["queries"], f["truth"], 0.0
+    pooled16, queries, truth, gen_s = generate_pooled(n, synth, n_queries, seed)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, key=key, pooled16=pooled16, queries=queries, truth=truth)
+    return pooled16, queries, truth, gen_s
+
+
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """float32 copy with L2-normalised rows: what both indexes hold (inner product = cosine, as VectorIndex)."""
     out = x.astype(np.float32)
@@ -664,10 +682,11 @@ def recall_at_10(found: list[np.ndarray], truth: np.ndarray) -> float:
     return sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True)) / truth.size
 
 
-def faiss_ivf_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray,
-                   nlist: int) -> tuple[AnnBuild, list[AnnRun]]:
+def faiss_ivf_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray, nlist: int,
+                   stop_at_recall: float = 0.0) -> tuple[AnnBuild, list[AnnRun]]:
     """FAISS IndexIVFFlat (inner product) with the IVF_FLAT parameters Milvus gets: the same algorithm and lists,
-    trained on the service's sample size (``ivf_training_sample``), one query at a time."""
+    trained on the service's sample size (``ivf_training_sample``), one query at a time. ``stop_at_recall``: stop
+    the nprobe sweep at the first setting reaching it (larger nprobe only costs more; 0: sweep all)."""
     import faiss
 
     from indexer.store import ivf_training_sample
@@ -675,18 +694,20 @@ def faiss_ivf_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray,
     gc.collect()
     before = rss_bytes()
     n = len(pooled16)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(DIM), DIM, nlist, faiss.METRIC_INNER_PRODUCT)
     sample = ivf_training_sample(n, nlist)
     index.train(unit_rows(pooled16 if sample is None else pooled16[sample]))
-    index_s = time.perf_counter() - start
-    start = time.perf_counter()
+    index_s, train_cpu = time.perf_counter() - start, time.process_time() - cpu0
+    print(f"  faiss  trained nlist {nlist} in {index_s:.0f} s ({train_cpu:.0f} CPU s)", flush=True)
+    start, cpu0 = time.perf_counter(), time.process_time()
     for lo in range(0, n, 200_000):
         part = pooled16[lo:lo + 200_000]
         index.add_with_ids(unit_rows(part), np.arange(lo + 1, lo + len(part) + 1, dtype=np.int64))
-    add_s = time.perf_counter() - start
+    add_s, add_cpu = time.perf_counter() - start, time.process_time() - cpu0
     gc.collect()
-    note = f"RSS growth {(rss_bytes() - before) / n:.0f} B/video"
+    note = (f"RSS growth {(rss_bytes() - before) / n:.0f} B/video; CPU s: add {add_cpu:.0f}, train {train_cpu:.0f} "
+            f"(on {n if sample is None else len(sample)} vectors)")
     size = int(faiss.serialize_index(index).nbytes)
     runs = []
     for nprobe in ANN_NPROBE:
@@ -702,13 +723,16 @@ def faiss_ivf_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray,
                            recall_at_10(found, truth)))
         print(f"  faiss  IVF_FLAT nprobe {nprobe:3d}: p50 {percentile(ms, 50):6.2f} ms, recall@10 "
               f"{runs[-1].recall:.3f}", flush=True)
+        if stop_at_recall and runs[-1].recall >= stop_at_recall:
+            break
     del index
     gc.collect()
     return AnnBuild("faiss", nlist, add_s, index_s, size, size, note), runs
 
 
 def faiss_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> tuple[AnnBuild, list[AnnRun]]:
-    """FAISS exact scan (IndexFlatIP): the baseline for a backend whose IVF_FLAT turns out to scan everything."""
+    """FAISS exact scan (IndexFlatIP): the baseline for a backend whose IVF_FLAT turns out to scan everything.
+    Its recall is 1 by construction, so ``queries`` may be a subset (the scan costs ~n per query)."""
     import faiss
 
     n = len(pooled16)
@@ -725,7 +749,8 @@ def faiss_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> 
         _, ids = index.search(q[None], TOP_K)
         ms.append(1000 * (time.perf_counter() - t0))
         found.append(ids[0])
-    run_ = AnnRun("faiss-flat", 0, ms, 1000 * (time.process_time() - cpu) / len(queries), recall_at_10(found, truth))
+    run_ = AnnRun("faiss-flat", 0, ms, 1000 * (time.process_time() - cpu) / len(queries),
+                  recall_at_10(found, truth[:len(queries)]))
     print(f"  faiss  flat (exact): p50 {percentile(ms, 50):6.2f} ms, recall@10 {run_.recall:.3f}", flush=True)
     size = int(faiss.serialize_index(index).nbytes)
     del index
@@ -755,10 +780,11 @@ def free_port() -> int:
 
 
 def milvus_ivf_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray, nlist: int,
-                    folder: Path) -> tuple[AnnBuild, list[AnnRun]]:
+                    folder: Path, stop_at_recall: float = 0.0) -> tuple[AnnBuild, list[AnnRun]]:
     """Milvus Lite 2.5 (gRPC server) IVF_FLAT: insert in batches, flush, build the index, load, then one query at a
     time through ``MilvusClient.search``; then one-video inserts into the indexed, loaded collection (the worker's
-    write after its commit). RAM = the server's RSS growth from an empty collection to the loaded index."""
+    write after its commit). RAM = the server's RSS growth from an empty collection to the loaded index.
+    ``stop_at_recall`` as in ``faiss_ivf_flat``."""
     from pymilvus import DataType, MilvusClient
 
     n = len(pooled16)
@@ -770,20 +796,23 @@ def milvus_ivf_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray
         schema.add_field("vec", DataType.FLOAT_VECTOR, dim=DIM)
         client.create_collection("videos", schema=schema)
         base_rss = proc_rss(pid)
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time() + proc_cpu_s(pid)
         for lo in range(0, n, MILVUS_INSERT_BATCH):
             part = unit_rows(pooled16[lo:lo + MILVUS_INSERT_BATCH])
             client.insert("videos", [{"id": lo + i + 1, "vec": v} for i, v in enumerate(part)])
         client.flush("videos")
-        load_s = time.perf_counter() - start
-        start = time.perf_counter()
+        load_s, load_cpu = time.perf_counter() - start, time.process_time() + proc_cpu_s(pid) - cpu0
+        print(f"  milvus inserted {n} in {load_s:.0f} s ({load_cpu:.0f} CPU s)", flush=True)
+        start, cpu0 = time.perf_counter(), time.process_time() + proc_cpu_s(pid)
         params = client.prepare_index_params()
         params.add_index("vec", index_type="IVF_FLAT", metric_type="IP", params={"nlist": nlist})
         client.create_index("videos", params)
         client.load_collection("videos")
         client.search("videos", [queries[0].tolist()], limit=TOP_K)  # first search: whatever loads lazily
-        index_s = time.perf_counter() - start
+        index_s, index_cpu = time.perf_counter() - start, time.process_time() + proc_cpu_s(pid) - cpu0
         ram = proc_rss(pid) - base_rss
+        print(f"  milvus indexed + loaded in {index_s:.0f} s ({index_cpu:.0f} CPU s), server RSS growth "
+              f"{ram / n:.0f} B/video", flush=True)
         runs = []
         for nprobe in ANN_NPROBE:
             ms, found = [], []
@@ -798,6 +827,8 @@ def milvus_ivf_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray
             runs.append(AnnRun("milvus", nprobe, ms, 1000 * cpu_s / len(queries), recall_at_10(found, truth)))
             print(f"  milvus IVF_FLAT nprobe {nprobe:3d}: p50 {percentile(ms, 50):6.2f} ms, recall@10 "
                   f"{runs[-1].recall:.3f}", flush=True)
+            if stop_at_recall and runs[-1].recall >= stop_at_recall:
+                break
         single = []
         extra = unit_rows(pooled16[:SINGLE_INSERTS])
         for i, v in enumerate(extra):
@@ -807,7 +838,8 @@ def milvus_ivf_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray
         client.close()
     disk = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     shutil.rmtree(folder, ignore_errors=True)
-    note = f"server RSS {base_rss / 2**20:.0f} MiB empty"
+    note = (f"server RSS {base_rss / 2**20:.0f} MiB empty; CPU s (client + server): insert {load_cpu:.0f}, "
+            f"index + load {index_cpu:.0f}")
     return AnnBuild("milvus", nlist, load_s, index_s, ram, disk, note, single), runs
 
 
@@ -915,16 +947,20 @@ def ann_side_by_side(args: argparse.Namespace, command: str, machine_extra: str)
     try:
         for n in sizes:
             print(f"== {n} videos", flush=True)
-            pooled16, queries, truth, gen_s = generate_pooled(n, Synth(), args.queries, args.seed + n)
+            cache = Path(args.pooled_cache.format(n=n)) if args.pooled_cache else None
+            pooled16, queries, truth, gen_s = cached_pooled(n, Synth(), args.queries, args.seed + n, cache)
             print(f"  generated in {gen_s:.0f} s", flush=True)
             nlist = ivf_nlist(n)
             loads[n] = load1()
             per_backend: dict[str, list[AnnRun]] = {}
             for backend in backends:
                 if backend == "faiss":
-                    measured = [faiss_ivf_flat(pooled16, queries, truth, nlist), faiss_flat(pooled16, queries, truth)]
+                    flat_q = args.flat_queries or len(queries)
+                    measured = [faiss_ivf_flat(pooled16, queries, truth, nlist, args.stop_at_recall),
+                                faiss_flat(pooled16, queries[:flat_q], truth)]
                 else:
-                    measured = [milvus_ivf_flat(pooled16, queries, truth, nlist, work / f"milvus-{n}")]
+                    measured = [milvus_ivf_flat(pooled16, queries, truth, nlist, work / f"milvus-{n}",
+                                                args.stop_at_recall)]
                 for built, runs in measured:
                     per_backend[built.backend] = runs
                     size_rows.append([size_label(n), built.backend, built.nlist or "-", built.load_s, built.index_s,
@@ -964,7 +1000,11 @@ def ann_side_by_side(args: argparse.Namespace, command: str, machine_extra: str)
         f"(pymilvus {pymilvus.__version__} `MilvusClient`), vectors inserted in batches of {MILVUS_INSERT_BATCH} "
         f"before the index is built. {args.queries} queries per setting. CPU ms = CPU time per query of every "
         f"process doing the work (milvus: client + server), steadier than wall time on this shared machine. "
-        f"Run time {time.monotonic() - started:.0f} s; 1-min load average when each size started: "
+        + (f"nprobe sweeps stop at the first setting with recall@10 >= {args.stop_at_recall:g}. "
+           if args.stop_at_recall else "")
+        + (f"The FAISS exact scan (recall 1 by construction) runs the first {args.flat_queries} queries only. "
+           if args.flat_queries else "")
+        + f"Run time {time.monotonic() - started:.0f} s; 1-min load average when each size started: "
         + ", ".join(f"{size_label(n)}: {v:.2f}" for n, v in loads.items()) + ".",
         "",
         "At equal recall@10 (the smallest nprobe that reaches the target on each backend):",
@@ -1043,6 +1083,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="faiss",
                    help="faiss: the FAISS index types above; a list with milvus (e.g. faiss,milvus): the raw ANN "
                         "side by side instead, IVF_FLAT on each listed backend at equal recall@10 (needs milvus-lite)")
+    p.add_argument("--pooled-cache", default="",
+                   help="with milvus: keep the generated pooled vectors and exact answers in this .npz ({n} = size) "
+                        "and reuse them if it exists (a rerun skips generating); deleted by nobody but you")
+    p.add_argument("--stop-at-recall", type=float, default=0.0,
+                   help="with milvus: stop each backend's nprobe sweep at the first recall@10 >= this (0: sweep all)")
+    p.add_argument("--flat-queries", type=int, default=0,
+                   help="with milvus: the FAISS exact-scan baseline runs only the first N queries (0: all)")
     p.add_argument("--frames-videos", type=int, default=0,
                    help="with milvus: also write this many videos' frame features into the Milvus backend's frame "
                         "collection and measure RAM/disk per video and the re-scoring read")

@@ -61,13 +61,13 @@ def settings_for(backend: str, home: Path, db_url: str, milvus_uri: str | None):
     return Settings(home=home, database_url=db_url, **extra)
 
 
-def open_catalog(settings):
+def open_catalog(settings, version: str = VERSION):
     from indexer.catalog import make_catalog
     from indexer.db import make_engine, session_factory
     from indexer.worker import passage_space
 
     sessions = session_factory(make_engine(settings.db_url))
-    catalog = make_catalog(settings, sessions, VERSION, DIM, passage_space(settings), PASSAGE_DIM)
+    catalog = make_catalog(settings, sessions, version, DIM, passage_space(settings), PASSAGE_DIM)
     catalog.load()
     return sessions, catalog
 
@@ -77,14 +77,14 @@ def unit16(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
 
 
-def prepopulate(settings, existing: int) -> float:
-    """``existing`` committed videos with pooled vectors and passages (no frame features: nothing here reads them),
-    then the start-up repair that indexes them. Returns the repair's seconds."""
+def prepopulate(settings, existing: int, version: str = VERSION) -> float:
+    """``existing`` committed videos of model ``version`` with pooled vectors and passages (no frame features:
+    nothing here reads them), then the start-up repair that indexes them. Returns the repair's seconds."""
     from sqlalchemy import insert, text
 
     from indexer.db import Passage, Video, utcnow
 
-    sessions, catalog = open_catalog(settings)
+    sessions, catalog = open_catalog(settings, version)
     rng = np.random.default_rng(0)
     now = utcnow()
     with sessions.begin() as s:
@@ -93,7 +93,7 @@ def prepopulate(settings, existing: int) -> float:
             pooled = unit16(rng, len(ids), DIM)
             s.execute(insert(Video), [dict(id=v, content_hash=f"{v:064x}", filename=f"old-{v}.mp4",
                                            source_path="/dev/null", size_bytes=0, duration_s=60.0, has_audio=True,
-                                           transcript="", model_version=VERSION, model_mode="save-fused",
+                                           transcript="", model_version=version, model_mode="save-fused",
                                            pooled=pooled[i].tobytes(), status="indexed", created_at=now)
                                       for i, v in enumerate(ids)])
             emb = unit16(rng, len(ids) * PASSAGES_PER_VIDEO, PASSAGE_DIM)
