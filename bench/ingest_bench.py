@@ -4,6 +4,13 @@ model stages measured alone on the same inputs.
     .venv/bin/python -m bench.ingest_bench                  # CPU, 2 torch threads, batch 8; appends to BENCHMARKS.md
     .venv/bin/python -m bench.ingest_bench --variants       # also 1 vs 2 threads, batch 1 vs 8, overlapped stages
     .venv/bin/python -m bench.ingest_bench --quick --no-append   # 3 clips, a smoke run
+    .venv/bin/python -m bench.ingest_bench --workers 2 --backends faiss,milvus --threads 1 --whisper-threads 1 \
+        --batch 2                                            # two worker processes per index backend
+
+With ``--workers N`` the same clips are ingested by N worker processes at once on each backend in ``--backends``
+(PostgreSQL, one scratch database per backend; FAISS: the workers share one home, as on one host, and publish
+index snapshots under its lock; Milvus: one home per worker and a milvus-lite 2.5 gRPC server started here):
+videos/s and CPU seconds per video of the whole pipeline (decode, ASR, encoders, commit, index write).
 
 Why random weights: ``create_model("save-b32", pretrained=False)`` has exactly the compute of the real
 CLIP ViT-B/32 + AST + fusion (no CLIP/AST weights are available offline), and ``fusion_enabled=True`` makes it
@@ -82,7 +89,9 @@ def build_model(device: str = "cpu", config: str = "save-b32"):
 
 
 def make_services(home: Path, model, batch: int, device: str, whisper_threads: int, whisper_model: str | None,
-                  compute_type: str = "default"):
+                  compute_type: str = "default", **settings_extra):
+    """The worker's services around the benchmark model; ``settings_extra``: more Settings fields (database URL,
+    vector store) for the multi-worker runs."""
     from indexer.asr import Transcriber
     from indexer.encode import VisualEncoder
     from indexer.settings import Settings
@@ -90,7 +99,7 @@ def make_services(home: Path, model, batch: int, device: str, whisper_threads: i
 
     kwargs = {"whisper_model": whisper_model} if whisper_model else {}
     settings = Settings(home=home, device=device, encode_batch_size=batch, whisper_compute_type=compute_type,
-                        **kwargs)
+                        **kwargs, **settings_extra)
     transcriber = Transcriber.from_settings(settings, cpu_threads=whisper_threads)
     return Services(settings, encoder=VisualEncoder(settings, model=model), transcriber=transcriber)
 
@@ -371,6 +380,165 @@ def variant_subset(captured: Sequence[Captured]) -> list[Captured]:
     return (speech + others)[:VARIANT_CLIPS]
 
 
+# ----------------------------------------------------------------------------------------------- several workers
+def ingest_worker(index: int, settings_extra: dict, warm_clip: str, args: argparse.Namespace, warm_lock,
+                  warmed, go, out) -> None:
+    """One worker process: load the models, ingest its own warm-up clip (alone in the queue: ``warm_lock``), wait
+    for the measured clips (``warmed``, ``go``: barriers with the parent), then drain the queue with the others."""
+    import torch
+
+    from indexer.worker import Worker
+
+    torch.set_num_threads(args.threads)
+    model = build_model(args.device, args.config)
+    services = make_services(Path(settings_extra.pop("home")), model, args.batch, args.device, args.whisper_threads,
+                             args.whisper_model, args.whisper_compute_type, **settings_extra)
+    worker = Worker(services, owner=f"bench-w{index}")
+    worker.startup()
+    with warm_lock:
+        worker.queue.enqueue("bulk", [warm_clip])
+        while worker.run_once():
+            pass
+    worker.stats.clear()
+    warmed.wait()
+    go.wait()
+    start, cpu = time.time(), time.process_time()
+    last = start
+    while True:
+        if worker.run_once():
+            last = time.time()
+        elif worker.queue.pending() == 0:
+            break
+        else:
+            time.sleep(0.2)
+    out.put({"worker": index, "start": start, "last": last, "cpu_s": time.process_time() - cpu,
+             "stats": dict(worker.stats)})
+    worker.shutdown()
+
+
+def run_workers_backend(backend: str, clips: Sequence[Path], warm_clips: Sequence[Path], args: argparse.Namespace,
+                        work: Path) -> dict[str, object]:
+    """``args.workers`` worker processes over ``clips`` on one backend; returns the measured numbers."""
+    import multiprocessing
+
+    from sqlalchemy import func, select
+
+    from bench.query_bench import connect_milvus, free_port, milvus_lite_server, proc_cpu_s
+    from bench.write_bench import collect, prepopulate, scratch_database
+    from indexer.db import JobItem, Video, make_engine, session_factory
+    from indexer.jobs import JobQueue
+    from indexer.settings import Settings
+
+    n = args.workers
+    with contextlib.ExitStack() as stack:
+        db_url = stack.enter_context(scratch_database(f"bench_ingest_{backend}"))
+        extra: dict[str, object] = {"database_url": db_url}
+        pid = None
+        if backend == "milvus":
+            port = free_port()
+            pid = stack.enter_context(milvus_lite_server(work / "milvus", port))
+            uri = f"http://127.0.0.1:{port}"
+            connect_milvus(uri).close()
+            extra |= {"vector_store": "milvus", "milvus_uri": uri, "milvus_collection_prefix": "bench_ingest"}
+        homes = ([work / backend / "shared"] * n if backend == "faiss"
+                 else [work / backend / f"w{i}" for i in range(n)])
+        repair_s = (prepopulate(Settings(home=homes[0], **extra), args.existing, model_version(args))
+                    if args.existing else 0.0)
+        ctx = multiprocessing.get_context("spawn")
+        warm_lock, warmed, go, out = ctx.Lock(), ctx.Barrier(n + 1), ctx.Barrier(n + 1), ctx.Queue()
+        procs = [ctx.Process(target=ingest_worker, args=(i, {**extra, "home": str(homes[i])}, str(warm_clips[i]),
+                                                         args, warm_lock, warmed, go, out)) for i in range(n)]
+        for p in procs:
+            p.start()
+        warmed.wait(timeout=1800)
+        sessions = session_factory(make_engine(db_url))
+        JobQueue(sessions).enqueue("bulk", list(clips))
+        server_cpu = proc_cpu_s(pid) if pid else 0.0
+        go.wait(timeout=60)
+        results = collect(out, procs)
+        server_cpu_s = proc_cpu_s(pid) - server_cpu if pid else 0.0
+        for p in procs:
+            p.join()
+        with sessions() as s:
+            indexed = s.scalar(select(func.count()).select_from(Video).where(Video.status == "indexed")) or 0
+            failed = s.scalar(select(func.count()).select_from(JobItem).where(JobItem.status == "failed")) or 0
+    wall = max(r["last"] for r in results) - min(r["start"] for r in results)
+    stats: dict[str, float] = {}
+    for r in results:
+        for k, v in r["stats"].items():
+            stats[k] = stats.get(k, 0.0) + v
+    videos = len(clips)
+    expected = videos + n + args.existing  # the warm-up clips are indexed too
+    if indexed != expected or failed:
+        raise RuntimeError(f"{backend}: {indexed} videos indexed (expected {expected}), {failed} failed items")
+    cpu_s = sum(r["cpu_s"] for r in results) + server_cpu_s
+    row = {"backend": backend, "videos": videos, "video_s": stats.get("video_seconds", 0.0), "wall": wall,
+           "cpu_s": cpu_s, "server_cpu_s": server_cpu_s, "stats": stats, "repair_s": repair_s,
+           "per_worker": [int(r["stats"].get("videos", 0)) for r in sorted(results, key=lambda r: r["worker"])]}
+    print(f"{backend}: {videos / wall:.3f} videos/s, {cpu_s / videos:.1f} CPU s/video", flush=True)
+    return row
+
+
+def model_version(args: argparse.Namespace) -> str:
+    """The embedding-space id the workers' model writes (from its config: random weights do not change it)."""
+    return build_model("cpu", args.config).info.version()
+
+
+def run_workers(args: argparse.Namespace, command: str, machine_extra: str = "") -> str:
+    """The same clips through ``args.workers`` worker processes on each backend; the BENCHMARKS.md section."""
+    from tests.media_fixtures import speech_video
+
+    work = WORK / "ingest-workers"
+    shutil.rmtree(work, ignore_errors=True)
+    backends = [b for b in args.backends.split(",") if b]
+    try:
+        clips = make_clips(work / "clips", args.quick)
+        warm_clips = [make_clips_warmup(work / "clips")]
+        for i in range(1, args.workers):  # one distinct warm-up clip per worker (the same one would be a duplicate)
+            target = work / "clips" / f"warmup-{i}.mp4"
+            speech_video(MEDIA / "speech" / WARMUP_CLIP, target, color=(200, 40 + 30 * i, 40), size=224)
+            warm_clips.append(target)
+        load = wait_for_quiet(max_wait_s=args.quiet_wait_s)
+        rows = [run_workers_backend(b, clips, warm_clips, args, work) for b in backends]
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    stage_names = ("probe", "decode", "asr", "inputs", "sentences", "encode", "commit", "index")
+    table = [[r["backend"], r["videos"], " + ".join(map(str, r["per_worker"])), r["wall"],
+              r["videos"] / r["wall"], r["video_s"] / r["wall"], r["cpu_s"] / r["videos"],
+              r["server_cpu_s"] / r["videos"] if r["backend"] == "milvus" else "-",
+              r["stats"].get("index", 0.0) / r["videos"], r["repair_s"]] for r in rows]
+    stage_rows = [[name, *(r["stats"].get(name, 0.0) for r in rows)] for name in stage_names]
+    body = "\n".join([
+        f"The real worker (`indexer.worker.Worker`) in {args.workers} processes at once on each index backend, the "
+        f"same {len(clips)} clips ({', '.join(p.name for p in clips)}): decode, Whisper `bundled:whisper-base` "
+        f"(faster-whisper, VAD, beam 5, cpu_threads {args.whisper_threads}), SAVE `{args.config}` (full size, random "
+        f"weights, fused path, fp32, torch threads {args.threads} per worker, encode batch {args.batch}), MiniLM, "
+        f"commit to PostgreSQL 15 (a scratch database per backend, on this machine), index write. FAISS: the workers "
+        "share one home folder (as on one host) and publish index snapshots under its lock; Milvus: one home per "
+        "worker and one milvus-lite 2.5 gRPC server (started by the bench, on this machine). Each worker loads its "
+        "models and ingests its own 4 s warm-up clip first (not counted); then the clips are queued as one job and "
+        "the clock runs from the workers' start to the last video committed and indexed. "
+        + (f"The collection already holds {args.existing} videos of the same model (pooled vectors and 6 passages "
+           "each, written and indexed by `bench.write_bench.prepopulate` before the workers start), so every index "
+           "write works on an index of that size. " if args.existing else "")
+        + "CPU s/video: both workers' "
+        "process CPU time (all threads) plus the Milvus server's, over that window: steadier than wall time on this "
+        "shared machine.",
+        "",
+        md_table(["backend", "videos", "videos per worker", "wall s", "videos/s", "s of video per s",
+                  "CPU s/video (all processes)", "of which Milvus server CPU s/video", "index write wall s/video",
+                  "prepopulated collection indexed in s"],
+                 table),
+        "",
+        "Where the workers' time went (worker.stats, seconds summed over both workers):",
+        "",
+        md_table(["stage", *(r["backend"] for r in rows)], stage_rows),
+    ])
+    return entry(f"Ingest throughput with {args.workers} workers: FAISS vs Milvus", command, load, body,
+                 machine_extra)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2 = this machine's cores)")
@@ -386,6 +554,13 @@ def parser() -> argparse.ArgumentParser:
                    help="> 0: faster-whisper BatchedInferencePipeline with this batch (GPU); 0: the worker's ASR")
     p.add_argument("--omp-wait-policy", choices=("default", "passive", "active"), default="default",
                    help="OMP_WAIT_POLICY for this process (default: leave it as the service does)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="> 0: this many worker processes at once on each backend in --backends (PostgreSQL)")
+    p.add_argument("--backends", default="faiss,milvus", help="with --workers: index backends, in this order")
+    p.add_argument("--existing", type=int, default=0,
+                   help="with --workers: videos already indexed when the workers start (synthetic vectors)")
+    p.add_argument("--quiet-wait-s", type=float, default=600.0,
+                   help="with --workers: wait at most this long for a quiet machine before measuring")
     p.add_argument("--no-append", action="store_true", help="print only; do not append to BENCHMARKS.md")
     p.add_argument("--keep", action="store_true", help=f"keep {WORK}/ingest afterwards")
     return p
@@ -446,7 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     policy = set_omp_wait_policy(args.omp_wait_policy)
     logging.basicConfig(level=logging.WARNING)
-    md = run(args, command_line("bench.ingest_bench", argv), f"OMP_WAIT_POLICY {policy}")
+    runner = run_workers if args.workers > 0 else run
+    md = runner(args, command_line("bench.ingest_bench", argv), f"OMP_WAIT_POLICY {policy}")
     publish(md, append=not (args.no_append or args.quick))
     return 0
 

@@ -33,6 +33,7 @@ DOCKER = ROOT / "docker"
 DOCKERFILES = {"cpu": DOCKER / "Dockerfile", "gpu": DOCKER / "Dockerfile.gpu"}
 COMPOSE = DOCKER / "compose.yaml"
 COMPOSE_GPU = DOCKER / "compose.gpu.yaml"
+COMPOSE_MILVUS = DOCKER / "compose.milvus.yaml"
 FIRST_PARTY = {"models", "indexer", "app", "tests"}
 APP_USER = "10001"
 
@@ -246,13 +247,13 @@ def load_compose(path: Path, env: dict[str, str] | None = None) -> dict:
     return interpolate(data, env)
 
 
-def merged_services(env: dict[str, str] | None = None) -> dict:
-    """compose.yaml with compose.gpu.yaml on top (mappings merged key by key, as compose does)."""
+def merged_services(env: dict[str, str] | None = None, override: Path = COMPOSE_GPU) -> dict:
+    """compose.yaml with an override file on top (mappings merged key by key, as compose does)."""
     def merge(a, b):
         if isinstance(a, dict) and isinstance(b, dict):
             return {k: merge(a[k], b[k]) if k in a and k in b else b.get(k, a.get(k)) for k in {**a, **b}}
         return b
-    return merge(load_compose(COMPOSE, env)["services"], load_compose(COMPOSE_GPU, env)["services"])
+    return merge(load_compose(COMPOSE, env)["services"], load_compose(override, env)["services"])
 
 
 def dockerignore_patterns() -> list[str]:
@@ -713,6 +714,45 @@ def test_compose_gpu_override(compose: dict) -> None:
     assert not unknown
 
 
+def test_compose_milvus_override(compose: dict) -> None:
+    """docker/compose.milvus.yaml: upstream Milvus standalone (2.5 line: etcd + MinIO + milvus) added, the API and
+    the workers pointed at it with real settings, and started only once it is healthy."""
+    milvus = load_compose(COMPOSE_MILVUS)
+    assert set(milvus) <= {"services", "volumes"}
+    added = set(milvus["services"]) - set(compose["services"])
+    assert added == {"etcd", "minio", "milvus"}
+    assert set(milvus["services"]) - added == {"api", "worker"}, "the override extends only the API and workers"
+    services = merged_services(override=COMPOSE_MILVUS)
+    assert re.fullmatch(r"milvusdb/milvus:v2\.5\.\d+", services["milvus"]["image"])
+    assert services["milvus"]["command"] == ["milvus", "run", "standalone"]
+    assert services["etcd"]["image"].startswith("quay.io/coreos/etcd:v3.5.")
+    assert services["minio"]["image"].startswith("minio/minio:RELEASE.")
+    assert services["milvus"]["environment"]["ETCD_ENDPOINTS"] == "etcd:2379"
+    assert services["milvus"]["environment"]["MINIO_ADDRESS"] == "minio:9000"
+    other = merged_services({"MILVUS_IMAGE": "mirror.example/milvus:v2.5.10"}, override=COMPOSE_MILVUS)
+    assert other["milvus"]["image"] == "mirror.example/milvus:v2.5.10", "images can point at a mirror"
+    for name in ("etcd", "minio", "milvus"):
+        hc = services[name]["healthcheck"]
+        assert hc["test"] and not hc.get("disable"), f"{name}: the services that wait for it need a health check"
+        assert "ports" not in services[name], f"{name}: reachable on the compose network only"
+    assert {d for d, c in services["milvus"]["depends_on"].items() if c["condition"] == "service_healthy"} == {
+        "etcd", "minio"}
+    volumes = set(compose.get("volumes") or {}) | set(milvus.get("volumes") or {})
+    for name in ("etcd", "minio", "milvus"):
+        for vol in services[name]["volumes"]:
+            assert vol.split(":")[0] in volumes, f"{name}: undeclared volume {vol}"
+    known = settings_env_names()
+    for name in ("api", "worker"):
+        env, deps = services[name]["environment"], services[name]["depends_on"]
+        assert env["SAVE_SEARCH_VECTOR_STORE"] == "milvus"
+        assert env["SAVE_SEARCH_MILVUS_URI"] == "http://milvus:19530"
+        assert set(compose["services"][name]["environment"]) <= set(env), f"{name}: the base environment is kept"
+        unknown = {k for k in env if k.startswith("SAVE_SEARCH_")} - known
+        assert not unknown, f"{name}: not settings (indexer/settings.py): {unknown}"
+        assert deps["milvus"]["condition"] == "service_healthy" and "migrate" in deps and "db" in deps
+        assert "/data" in {v.split(":")[1] for v in services[name]["volumes"]}, "media and thumbnails: a volume"
+
+
 def _docker_compose() -> list[str] | None:
     for argv in (["docker", "compose"], ["docker-compose"]):
         if shutil.which(argv[0]) is None:
@@ -726,7 +766,8 @@ def _docker_compose() -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, COMPOSE_GPU]], ids=["base", "gpu"])
+@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, COMPOSE_GPU], [COMPOSE, COMPOSE_MILVUS]],
+                         ids=["base", "gpu", "milvus"])
 def test_docker_compose_config(files: list[Path]) -> None:
     """`docker compose config` validates against the Compose specification; it needs no engine."""
     argv = _docker_compose()
@@ -747,6 +788,11 @@ def test_docker_compose_config(files: list[Path]) -> None:
     if COMPOSE_GPU in files:
         devices = config["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+    if COMPOSE_MILVUS in files:
+        assert {"etcd", "minio", "milvus"} <= set(config["services"])
+        for name in ("api", "worker"):
+            assert config["services"][name]["environment"]["SAVE_SEARCH_VECTOR_STORE"] == "milvus"
+            assert config["services"][name]["depends_on"]["milvus"]["condition"] == "service_healthy"
 
 
 # ------------------------------------------------------------------------------- the CI smoke scripts
