@@ -682,6 +682,25 @@ def recall_at_10(found: list[np.ndarray], truth: np.ndarray) -> float:
     return sum(len(set(f.tolist()) & set(t.tolist())) for f, t in zip(found, truth, strict=True)) / truth.size
 
 
+def add_unit_rows(index, pooled16: np.ndarray, chunk: int = 200_000) -> None:
+    """Add fp16 rows, L2-normalised, with ids 1..n, in chunks (a float32 copy of 1M rows at once is 2 GB)."""
+    for lo in range(0, len(pooled16), chunk):
+        part = pooled16[lo:lo + chunk]
+        index.add_with_ids(unit_rows(part), np.arange(lo + 1, lo + len(part) + 1, dtype=np.int64))
+
+
+def timed_searches(index, queries: np.ndarray) -> tuple[list[float], list[np.ndarray], float]:
+    """One query at a time, as /search asks: wall ms per query, the top-k ids of each, CPU ms per query."""
+    ms, found = [], []
+    cpu = time.process_time()
+    for q in queries:
+        t0 = time.perf_counter()
+        _, ids = index.search(q[None], TOP_K)
+        ms.append(1000 * (time.perf_counter() - t0))
+        found.append(ids[0])
+    return ms, found, 1000 * (time.process_time() - cpu) / len(queries)
+
+
 def faiss_ivf_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray, nlist: int,
                    stop_at_recall: float = 0.0) -> tuple[AnnBuild, list[AnnRun]]:
     """FAISS IndexIVFFlat (inner product) with the IVF_FLAT parameters Milvus gets: the same algorithm and lists,
@@ -701,9 +720,7 @@ def faiss_ivf_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray,
     index_s, train_cpu = time.perf_counter() - start, time.process_time() - cpu0
     print(f"  faiss  trained nlist {nlist} in {index_s:.0f} s ({train_cpu:.0f} CPU s)", flush=True)
     start, cpu0 = time.perf_counter(), time.process_time()
-    for lo in range(0, n, 200_000):
-        part = pooled16[lo:lo + 200_000]
-        index.add_with_ids(unit_rows(part), np.arange(lo + 1, lo + len(part) + 1, dtype=np.int64))
+    add_unit_rows(index, pooled16)
     add_s, add_cpu = time.perf_counter() - start, time.process_time() - cpu0
     gc.collect()
     note = (f"RSS growth {(rss_bytes() - before) / n:.0f} B/video; CPU s: add {add_cpu:.0f}, train {train_cpu:.0f} "
@@ -712,15 +729,8 @@ def faiss_ivf_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray,
     runs = []
     for nprobe in ANN_NPROBE:
         index.nprobe = nprobe
-        ms, found = [], []
-        cpu = time.process_time()
-        for q in queries:
-            t0 = time.perf_counter()
-            _, ids = index.search(q[None], TOP_K)
-            ms.append(1000 * (time.perf_counter() - t0))
-            found.append(ids[0])
-        runs.append(AnnRun("faiss", nprobe, ms, 1000 * (time.process_time() - cpu) / len(queries),
-                           recall_at_10(found, truth)))
+        ms, found, cpu_ms = timed_searches(index, queries)
+        runs.append(AnnRun("faiss", nprobe, ms, cpu_ms, recall_at_10(found, truth)))
         print(f"  faiss  IVF_FLAT nprobe {nprobe:3d}: p50 {percentile(ms, 50):6.2f} ms, recall@10 "
               f"{runs[-1].recall:.3f}", flush=True)
         if stop_at_recall and runs[-1].recall >= stop_at_recall:
@@ -735,22 +745,12 @@ def faiss_flat(pooled16: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> 
     Its recall is 1 by construction, so ``queries`` may be a subset (the scan costs ~n per query)."""
     import faiss
 
-    n = len(pooled16)
     start = time.perf_counter()
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
-    for lo in range(0, n, 200_000):
-        part = pooled16[lo:lo + 200_000]
-        index.add_with_ids(unit_rows(part), np.arange(lo + 1, lo + len(part) + 1, dtype=np.int64))
+    add_unit_rows(index, pooled16)
     add_s = time.perf_counter() - start
-    ms, found = [], []
-    cpu = time.process_time()
-    for q in queries:
-        t0 = time.perf_counter()
-        _, ids = index.search(q[None], TOP_K)
-        ms.append(1000 * (time.perf_counter() - t0))
-        found.append(ids[0])
-    run_ = AnnRun("faiss-flat", 0, ms, 1000 * (time.process_time() - cpu) / len(queries),
-                  recall_at_10(found, truth[:len(queries)]))
+    ms, found, cpu_ms = timed_searches(index, queries)
+    run_ = AnnRun("faiss-flat", 0, ms, cpu_ms, recall_at_10(found, truth[:len(queries)]))
     print(f"  faiss  flat (exact): p50 {percentile(ms, 50):6.2f} ms, recall@10 {run_.recall:.3f}", flush=True)
     size = int(faiss.serialize_index(index).nbytes)
     del index
