@@ -1,7 +1,7 @@
 """Alembic environment: one migration stream for SQLite and PostgreSQL.
 
-The URL is the config's ``sqlalchemy.url`` (set programmatically by ``indexer.migrate``) or, for people
-running ``alembic`` by hand, ``SAVE_SEARCH_DATABASE_URL``. ``indexer.migrate.init_db`` passes an open
+The URL is the config's ``sqlalchemy.url`` (set programmatically by ``indexer.storage.migrate``) or, for people
+running ``alembic`` by hand, ``SAVE_SEARCH_DATABASE_URL``. ``indexer.storage.migrate.init_db`` passes an open
 connection (``config.attributes["connection"]``) that already holds the migration lock and a transaction,
 so concurrent start-ups never migrate twice; the command-line path takes the same lock.
 
@@ -17,8 +17,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from indexer.db import Base
-from indexer.migrate import include_object, locked_connection
+from indexer.storage.db import Base
+from indexer.storage.migrate import include_object, locked_connection
 
 config = context.config
 if config.config_file_name is not None:  # the CLI; init_db passes no file and leaves logging alone

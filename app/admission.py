@@ -23,8 +23,8 @@ from indexer.settings import Settings
 def search_concurrency(settings: Settings) -> int:
     """The configured number of searches at once, else half the cores this process may use (at least one): the
     other half is left to ingest."""
-    if settings.search_concurrency > 0:
-        return settings.search_concurrency
+    if settings.search.concurrency > 0:
+        return settings.search.concurrency
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // 2)
 

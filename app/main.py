@@ -17,15 +17,18 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indexer.jobs import JobQueue
-from indexer.search import SearchService
+from indexer.ingest.jobs import JobQueue
+from indexer.ingest.worker import Worker
+from indexer.search.service import SearchService
+from indexer.services import Services
 from indexer.settings import Settings
-from indexer.worker import Services, Worker
 
 from .admission import SearchAdmission, search_concurrency
 from .deps import AppState
+from .media import MediaLinks
 from .metrics import Metrics, MetricsMiddleware
 from .routers import health, jobs, search, videos
+from .security import Guard
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -70,16 +73,17 @@ def create_app(settings: Settings | None = None, embedded_worker: bool = True,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         svc = services or Services(settings)
-        queue = JobQueue(svc.sessions, settings.max_attempts, settings.lease_seconds, settings.retry_backoff_s)
-        admission = SearchAdmission(search_concurrency(settings), settings.search_queue,
-                                    settings.search_queue_timeout_s)
+        queue = JobQueue.from_settings(svc.sessions, settings)
+        admission = SearchAdmission(search_concurrency(settings), settings.search.queue,
+                                    settings.search.queue_timeout_s)
+        guard = Guard(svc.sessions, settings.api)
         state = AppState(settings, svc, SearchService(svc), queue, "embedded" if embedded_worker else "external",
-                         admission)
+                         admission, guard, MediaLinks(guard, svc.media, settings, svc.sessions))
         app.state.save = state
         app.state.metrics = Metrics(svc.sessions, svc.catalog, admission)
         status = svc.encoder.status()
         log.info("model mode: %s (%s)", status.mode, status.reason)
-        log.info("auth: %s", state.auth_mode)
+        log.info("auth: %s", state.guard.auth_mode)
         stop = threading.Event()
         thread = None
         if embedded_worker:

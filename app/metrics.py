@@ -14,8 +14,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indexer.catalog import VectorCatalog
-from indexer.db import JobItem, Video
+from indexer.enums import JobStatus
+from indexer.storage.catalog import VectorCatalog
+from indexer.storage.db import JobItem, Video
 
 from .admission import SearchAdmission
 
@@ -27,11 +28,11 @@ class IngestCollector:
     def collect(self) -> Iterator:
         with self.sessions() as s:
             items = dict(s.execute(select(JobItem.status, func.count()).group_by(JobItem.status)).all())
-            failures = s.execute(select(JobItem.error_kind, func.count()).where(JobItem.status == "failed")
+            failures = s.execute(select(JobItem.error_kind, func.count()).where(JobItem.status == JobStatus.FAILED)
                                  .group_by(JobItem.error_kind)).all()
             videos = dict(s.execute(select(Video.status, func.count()).group_by(Video.status)).all())
         done = CounterMetricFamily("save_ingest_items_done", "Job items indexed (including known duplicates)")
-        done.add_metric([], items.get("done", 0))
+        done.add_metric([], items.get(JobStatus.DONE, 0))
         yield done
         failed = CounterMetricFamily("save_ingest_items_failed", "Job items that failed, by error kind",
                                      labels=["kind"])
@@ -39,7 +40,7 @@ class IngestCollector:
             failed.add_metric([kind or "unknown"], count)
         yield failed
         depth = GaugeMetricFamily("save_ingest_queue_depth", "Job items queued or running")
-        depth.add_metric([], items.get("queued", 0) + items.get("running", 0))
+        depth.add_metric([], items.get(JobStatus.QUEUED, 0) + items.get(JobStatus.RUNNING, 0))
         yield depth
         vids = GaugeMetricFamily("save_videos", "Videos by status", labels=["status"])
         for st, count in videos.items():

@@ -1,16 +1,22 @@
-"""Pydantic v2 schemas of the public API (v1). The search result is the same object the CLI prints."""
+"""Pydantic v2 schemas of the public API (v1). The search result is the same object the CLI prints.
+
+The Python client (``app.client``) parses responses into these same classes, so this module imports no FastAPI
+(a client needs only pydantic); the routers read path-parameter limits from the plain annotations below.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import Path as PathParam
+import annotated_types as at
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from indexer.names import path_problem
+from indexer.names import source_problem
+from indexer.search.moments import MOMENT_GAP_S, MOMENT_MIN_SCORE, MOMENT_RATIO
 
-# Database ids: 64-bit signed integers; anything else is a 422, never a server error.
-DbId = Annotated[int, PathParam(ge=1, le=2**63 - 1)]
+# Database ids: 64-bit signed integers; anything else is a 422, never a server error. Plain constraints (not
+# fastapi.Path): FastAPI reads them the same way for path parameters (same validation, same OpenAPI schema).
+DbId = Annotated[int, at.Ge(1), at.Le(2**63 - 1)]
 
 
 class Moment(BaseModel):
@@ -22,6 +28,15 @@ class Moment(BaseModel):
                                                                       "shown on screen from start to end.")
     highlights: list[tuple[int, int]] = Field(default_factory=list,
                                               description="Character spans of `text` matching the query words.")
+
+
+class ScoredMoment(Moment):
+    score: float = Field(description="Calibrated match of this passage in [0, 1]: its channel's map (speech or "
+                                     "screen, by `source`) applied to the passage's own raw score, the map that "
+                                     "gives the video its speech_score or screen_score. The first moment's score "
+                                     "equals that channel score when the channel's best passage is this one; it is "
+                                     "lower when a longer passage (three segments, the whole transcript) scores the "
+                                     "channel higher.")
 
 
 class SearchResult(BaseModel):
@@ -42,7 +57,15 @@ class SearchResult(BaseModel):
     thumbnail_url: str
     video_url: str
     transcript: str
-    segment: Moment | None
+    segment: Moment | None = Field(description="The best matching moment: the best local passage (a segment by "
+                                               "default) of the surer text channel; the same passage as moments[0].")
+    moments: list[ScoredMoment] = Field(
+        default_factory=list,
+        description=f"Up to `moments` places in the video that match, best first: moments[0] is `segment`; the "
+                    f"others are the best remaining local passages of either text channel (by score), each at least "
+                    f"{MOMENT_GAP_S:g} s away from every other (overlapping, touching or nearly touching passages are "
+                    f"one place), scoring at least {MOMENT_MIN_SCORE:g} and {MOMENT_RATIO:g} times the first's "
+                    f"score. Empty when `segment` is null.")
 
 
 class SearchResponse(BaseModel):
@@ -88,6 +111,15 @@ class VideoOut(BaseModel):
     ocr_status: str | None = Field(None, description="read, failed (see ocr_error) or null: on-screen text was "
                                                      "never read (OCR off, or indexed before it).")
     ocr_error: str | None = None
+    speech_seconds: float | None = Field(None, description="Seconds of speech the voice activity detector found "
+                                                           "(null: indexed before this was measured).")
+    transcribed_seconds: float | None = Field(None, description="Of those, the seconds words were found in.")
+    coverage: float | None = Field(None, description="transcribed_seconds / speech_seconds (1 when there is no "
+                                                     "speech).")
+    redecoded_regions: int | None = Field(None, description="Stretches of speech the first decode left without "
+                                                            "words that a second, separate decode filled.")
+    empty_regions: int | None = Field(None, description="Stretches of speech that stayed without words (music, "
+                                                        "noise or speech Whisper could not read; logged).")
 
 
 class UploadAccepted(BaseModel):
@@ -101,15 +133,20 @@ class IngestJobRequest(BaseModel):
     model_config = ConfigDict(strict=True)  # "true" or 1 for a boolean is a client bug: say so
 
     paths: list[str] = Field(min_length=1, max_length=100_000,
-                             description="Server-side files or folders under the configured allowed roots.")
-    recursive: bool = False
+                             description="What to ingest: server-side files or folders under the allowed roots "
+                                         "(SAVE_SEARCH_ALLOWED_ROOTS), s3://bucket/prefix under the allowed buckets "
+                                         "(SAVE_SEARCH_ALLOWED_BUCKETS; listed, media objects only), or http(s) "
+                                         "URLs of video files (public addresses only, unless the server allows "
+                                         "more).")
+    recursive: bool = Field(False, description="Folders and prefixes: their subfolders too.")
 
     @field_validator("paths")
     @classmethod
     def _usable_paths(cls, paths: list[str]) -> list[str]:
-        """NUL, lone surrogates, over-long or relative paths: a 422 with the reason, before any file system call."""
+        """NUL, lone surrogates, over-long or relative paths, malformed object URIs or URLs: a 422 with the
+        reason, before any file system or network call."""
         for i, path in enumerate(paths):
-            if problem := path_problem(path):
+            if problem := source_problem(path):
                 raise ValueError(f"paths[{i}]: {problem}")
         return paths
 
@@ -121,6 +158,9 @@ class JobItemOut(BaseModel):
     status: str
     stage: str | None
     progress: float
+    stage_progress: float | None = Field(None, description="How far into its stage a running item is, 0..1; while "
+                                                           "the stage is transcribe: the fraction of the audio "
+                                                           "transcribed.")
     attempts: int
     video_id: int | None
     error: str | None

@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.fulltext_bench --no-append
 
 Issue 10 asks whether segment text should move to Milvus for BM25 (its sparse full-text index) if that serves
-better than PostgreSQL full text. Full text is one of the three candidate pools of search (``indexer.search``):
+better than PostgreSQL full text. Full text is one of the three candidate pools of search (``indexer.search.service``):
 what matters is whether the right video is among a query's full-text candidates, and how highly. This takes the
 collection ``bench.retrieval_bench --screen`` ingested (real speech and on-screen text, SQLite), copies its
 videos and segments into a PostgreSQL database of its own and into a Milvus Lite 2.5 collection (the normalised
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.common import WORK, command_line, entry, load1, md_table, percentile, publish
+from bench.harness import WORK, command_line, entry, load1, md_table, percentile, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = ROOT / "bench" / "data" / "retrieval_queries.tsv"
@@ -49,8 +49,8 @@ def _copy_to_postgres(sqlite_url: str, pg_admin_url: str) -> str:
     """A fresh PostgreSQL database with the collection's videos and segments (migrations: the real schema)."""
     from sqlalchemy import create_engine, select, text
 
-    from indexer.db import Base, make_engine
-    from indexer.migrate import init_db
+    from indexer.storage.db import Base, make_engine
+    from indexer.storage.migrate import init_db
 
     name = f"save_fulltext_bench_{int(time.time())}"
     admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
@@ -81,8 +81,8 @@ def _drop_postgres(pg_admin_url: str, url: str) -> None:
 
 
 def _database_search(url: str) -> Callable[[str], list[int]]:
-    from indexer.db import make_engine, session_factory
-    from indexer.transcripts import search_segments
+    from indexer.search.fulltext import search_segments
+    from indexer.storage.db import make_engine, session_factory
 
     sessions = session_factory(make_engine(url))
 
@@ -99,7 +99,7 @@ def _milvus_search(sqlite_url: str, folder: Path):
     from pymilvus import DataType, Function, FunctionType, MilvusClient
     from sqlalchemy import select
 
-    from indexer.db import Segment, make_engine, session_factory
+    from indexer.storage.db import Segment, make_engine, session_factory
     from indexer.text import normalize
 
     port = _free_port()
@@ -159,7 +159,7 @@ def _score(search: Callable[[str], list[int]], queries: list[tuple[str, str]], i
 def run(args: argparse.Namespace, command: str) -> str:
     from sqlalchemy import select
 
-    from indexer.db import Video, make_engine, session_factory
+    from indexer.storage.db import Video, make_engine, session_factory
 
     db = Path(args.collection) / "home" / "save_search.db"
     if not db.exists():
@@ -201,9 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="folder of bench.retrieval_bench --screen's collection")
     p.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
                    help="a PostgreSQL server's admin URL (a database of the bench's own is made and dropped)")
-    p.add_argument("--no-append", action="store_true", help="print only, do not append to BENCHMARKS.md")
+    p.add_argument("--no-append", action="store_true", help="print only, do not write BENCHMARKS.md")
     args = p.parse_args(argv)
-    publish(run(args, command_line("bench.fulltext_bench", argv)), append=not args.no_append)
+    publish(run(args, command_line("bench.fulltext_bench", argv)), write=not args.no_append)
     return 0
 
 

@@ -1,17 +1,22 @@
-"""The ingest and query benchmarks on a CUDA host, within about 8 minutes, appended to BENCHMARKS.md with the card.
+"""The ingest and index benchmarks on a CUDA host, within about 8 minutes, written to BENCHMARKS.md with the card.
 
     bench/gpu_bench.sh                     # = .venv/bin/python -m bench.gpu_bench
-    .venv/bin/python -m bench.gpu_bench --dry-run   # on CPU with tiny sizes: proves the script works, appends nothing
+    .venv/bin/python -m bench.gpu_bench --dry-run   # on CPU with tiny sizes: proves the script works, writes nothing
 
 What runs on the GPU:
 - ingest (``bench.ingest_bench``): SAVE ``save-b32`` with random weights under fp16 autocast (the worker's own
   ``VisualEncoder`` does that on CUDA), encode batch 16; Whisper large-v3 in float16 through faster-whisper's
   ``BatchedInferencePipeline`` when large-v3 is in the local cache (the host is offline), else the bundled base.
   Goal: >= 60x real time (seconds of video per second).
-- query (``bench.query_bench``): 10k, 100k and 1M synthetic videos, text encoder on CUDA, FAISS on the GPU for
+- query (``bench.index_bench``): 10k, 100k and 1M synthetic videos, text encoder on CUDA, FAISS on the GPU for
   flat and IVF-PQ when ``faiss-gpu`` is importable (``VectorIndex`` copies them itself), HNSW on the CPU cores.
 
 Time budget: ingest ~2-3 min (model load included), query ~4 min (``--budget-s``); stop with Ctrl-C any time.
+
+Not a benchmark of its own: it runs the two benchmarks above in this process with GPU settings, so it is the one
+module under bench/ that imports benchmark modules (nothing imports it). Their sections have GPU titles
+("Ingest throughput on GPU", "Query latency, recall and memory by index type, on GPU"): a GPU run replaces the
+previous GPU run, never the CPU sections.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ import os
 import time
 from collections.abc import Sequence
 
-from bench import ingest_bench, query_bench
-from bench.common import append_benchmarks, command_line, set_omp_wait_policy
+from bench import index_bench, ingest_bench
+from bench.harness import command_line, publish, set_omp_wait_policy
 
 QUERY_BUDGET_S = 240.0
 
@@ -98,15 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             query_args = ["--sizes", "12000", "--e2e", "12000", "--queries", "20", "--e2e-queries", "10",
                           "--candidates", "50,200", "--budget-s", "120"]
-        ns = query_bench.parser().parse_args(query_args)
-        sections.append(query_bench.run(ns, command, extra))
+        ns = index_bench.parser().parse_args(query_args)
+        sections.append(index_bench.run(ns, command, extra))
         print(sections[-1], flush=True)
     elapsed = time.monotonic() - started
     print(f"gpu_bench finished in {elapsed:.0f} s", flush=True)
     if cuda and not args.no_append:
         for text in sections:
-            append_benchmarks(text.rstrip() + f"\n\nTotal gpu_bench run time: {elapsed:.0f} s (goal: within 8 min).\n")
-        print("appended to BENCHMARKS.md")
+            publish(f"{text.rstrip()}\n\nTotal gpu_bench run time: {elapsed:.0f} s (goal: within 8 min).\n", True)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Ingest benchmark: the real worker over the real clips with the full-size SAVE architecture, then the same
 model stages measured alone on the same inputs.
 
-    .venv/bin/python -m bench.ingest_bench                  # CPU, 2 torch threads, batch 8; appends to BENCHMARKS.md
+    .venv/bin/python -m bench.ingest_bench                  # CPU, 2 torch threads, batch 8; to BENCHMARKS.md
     .venv/bin/python -m bench.ingest_bench --variants       # also 1 vs 2 threads, batch 1 vs 8, overlapped stages
     .venv/bin/python -m bench.ingest_bench --quick --no-append   # 3 clips, a smoke run
     .venv/bin/python -m bench.ingest_bench --workers 2 --backends faiss,milvus --threads 1 --whisper-threads 1 \
@@ -29,130 +29,36 @@ import shutil
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import (
+from bench.harness import (
+    MEDIA,
+    WARMUP_CLIP,
     WORK,
+    Captured,
     Stopwatch,
+    build_model,
+    collect,
     command_line,
+    connect_milvus,
     entry,
+    free_port,
+    make_clips,
+    make_clips_warmup,
+    make_services,
     md_table,
+    milvus_lite_server,
+    model_version,
+    prepopulate,
+    proc_cpu_s,
     publish,
+    run_pipeline,
+    scratch_database,
     set_omp_wait_policy,
     wait_for_quiet,
 )
 
-MEDIA = Path("/work/shared/data/media")  # never the heldout folder next to it
-# Real speech wrapped into mp4 (tests.media_fixtures.speech_video): clips with transcripts, so ASR, the speech
-# branch and MiniLM see real work.
-SPEECH_CLIPS: tuple[str, ...] = ("jfk.flac", "ljspeech/LJ001-0001.wav", "librivox/sense_and_sensibility_01_austen_"
-                                 "64kb-0870.wav", "sonnet/audio.mp3")
-WARMUP_CLIP = "hotwords.mp3"  # 4 s: loads Whisper, MiniLM and the first torch kernels before timing starts
 VARIANT_CLIPS = 6  # the variants rerun the model stages several times: a subset keeps the run under 15 minutes
-
-
-@dataclass
-class Captured:
-    """What one video fed to the model stages in the pipeline, kept to measure the stages alone on it."""
-
-    name: str
-    duration_s: float
-    inputs: object  # models.inputs.VideoInputs
-    pcm: object | None  # int16 numpy copy of the decoded 16 kHz audio, None without audio
-    segment_texts: list[str] = field(default_factory=list)
-
-
-def make_clips(out: Path, quick: bool) -> list[Path]:
-    """The measured inputs: every mp4/avi under media/video plus a few wrapped speech recordings."""
-    from tests.media_fixtures import speech_video
-
-    out.mkdir(parents=True, exist_ok=True)
-    videos = sorted(p for p in (MEDIA / "video").iterdir() if p.suffix.lower() in (".mp4", ".avi"))
-    speech = []
-    for i, rel in enumerate(SPEECH_CLIPS[:1] if quick else SPEECH_CLIPS):
-        target = out / f"speech-{Path(rel).stem[:40]}.mp4"
-        if not target.exists():
-            speech_video(MEDIA / "speech" / rel, target, color=(40 + 50 * i, 90, 160), size=224)
-        speech.append(target)
-    return (videos[:2] if quick else videos) + speech
-
-
-def build_model(device: str = "cpu", config: str = "save-b32"):
-    """Full-size SAVE with random weights, computing like a trained (fused) checkpoint."""
-    from models.factory import create_model
-
-    model = create_model(config, pretrained=False)
-    model.fusion_enabled = True
-    model.info.fusion_enabled = True
-    return model.to(device).eval()
-
-
-def make_services(home: Path, model, batch: int, device: str, whisper_threads: int, whisper_model: str | None,
-                  compute_type: str = "default", **settings_extra):
-    """The worker's services around the benchmark model; ``settings_extra``: more Settings fields (database URL,
-    vector store) for the multi-worker runs."""
-    from indexer.asr import Transcriber
-    from indexer.encode import VisualEncoder
-    from indexer.settings import Settings
-    from indexer.worker import Services
-
-    kwargs = {"whisper_model": whisper_model} if whisper_model else {}
-    settings = Settings(home=home, device=device, encode_batch_size=batch, whisper_compute_type=compute_type,
-                        **kwargs, **settings_extra)
-    transcriber = Transcriber.from_settings(settings, cpu_threads=whisper_threads)
-    return Services(settings, encoder=VisualEncoder(settings, model=model), transcriber=transcriber)
-
-
-def bench_worker_class():
-    """A Worker that keeps each prepared video's model inputs and audio (outside every timed stage)."""
-    import numpy as np
-
-    from indexer.decode import pcm_memmap
-    from indexer.worker import Worker
-
-    class BenchWorker(Worker):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self.captured: list[Captured] = []
-            self.batches: list[int] = []
-
-        def prepare(self, item_id: int):
-            p = super().prepare(item_id)
-            if p is not None:
-                pcm = (np.array(pcm_memmap(p.decoded.audio_path)) if p.decoded.audio_path is not None else None)
-                self.captured.append(Captured(p.filename, p.probe.duration_s, p.inputs, pcm,
-                                              [s.text for s in p.transcript.segments]))
-            return p
-
-        def _encode(self, prepared):
-            self.batches.append(len(prepared))
-            return super()._encode(prepared)
-
-    return BenchWorker
-
-
-def run_pipeline(services, clips: Sequence[Path], warmup: Path | None) -> tuple[object, float, float]:
-    """Enqueue ``clips`` as one bulk job and let one worker drain the queue.
-
-    Returns (worker, wall seconds, process CPU seconds over all threads)."""
-    from indexer.jobs import JobQueue
-
-    queue = JobQueue(services.sessions)
-    worker = bench_worker_class()(services, owner="bench")
-    worker.startup()
-    if warmup is not None:
-        queue.enqueue("bulk", [warmup])
-        while worker.run_once():
-            pass
-        worker.stats.clear()
-        worker.captured.clear()
-        worker.batches.clear()
-    queue.enqueue("bulk", list(clips))
-    start, cpu = time.perf_counter(), time.process_time()
-    while worker.run_once():
-        pass
-    return worker, time.perf_counter() - start, time.process_time() - cpu
 
 
 def _sync(device: str) -> None:
@@ -320,8 +226,9 @@ def report(worker, wall: float, cpu: float, alone: Stopwatch, asr: Stopwatch, se
     summary_table = md_table(["summary", "value"], summary_rows)
     fp = "fp16 autocast" if args.device.startswith("cuda") else "fp32"
     parts = [
-        f"Ingest with the real worker (`indexer.worker.Worker`, one process) on {args.device}: SAVE `{args.config}` "
-        f"(full-size CLIP ViT-B/32 + AST + gated fusion with random weights, fused path, {fp}), Whisper "
+        f"Ingest with the real worker (`indexer.ingest.worker.Worker`, one process) on {args.device}: "
+        f"SAVE `{args.config}` (full-size CLIP ViT-B/32 + AST + gated fusion with random weights, fused path, "
+        f"{fp}), Whisper "
         f"`{whisper}` (faster-whisper, compute type {args.whisper_compute_type}, VAD, beam 5), MiniLM, SQLite, "
         f"FAISS. {len(clips)} clips: {', '.join(p.name for p in clips)}. torch threads {args.threads}, encode batch "
         f"{args.batch}, faster-whisper cpu_threads {args.whisper_threads}. A 4 s clip was ingested first to load and "
@@ -387,13 +294,14 @@ def ingest_worker(index: int, settings_extra: dict, warm_clip: str, args: argpar
     for the measured clips (``warmed``, ``go``: barriers with the parent), then drain the queue with the others."""
     import torch
 
-    from indexer.worker import Worker
+    from indexer.ingest.worker import Worker
 
     torch.set_num_threads(args.threads)
     model = build_model(args.device, args.config)
-    services = make_services(Path(settings_extra.pop("home")), model, args.batch, args.device, args.whisper_threads,
-                             args.whisper_model, args.whisper_compute_type, **settings_extra)
-    worker = Worker(services, owner=f"bench-w{index}")
+    services, runtimes = make_services(Path(settings_extra.pop("home")), model, args.batch, args.device,
+                                       args.whisper_threads, args.whisper_model, args.whisper_compute_type,
+                                       **settings_extra)
+    worker = Worker(services, owner=f"bench-w{index}", runtimes=runtimes)
     worker.startup()
     with warm_lock:
         worker.queue.enqueue("bulk", [warm_clip])
@@ -423,11 +331,9 @@ def run_workers_backend(backend: str, clips: Sequence[Path], warm_clips: Sequenc
 
     from sqlalchemy import func, select
 
-    from bench.query_bench import connect_milvus, free_port, milvus_lite_server, proc_cpu_s
-    from bench.write_bench import collect, prepopulate, scratch_database
-    from indexer.db import JobItem, Video, make_engine, session_factory
-    from indexer.jobs import JobQueue
+    from indexer.ingest.jobs import JobQueue
     from indexer.settings import Settings
+    from indexer.storage.db import JobItem, Video, make_engine, session_factory
 
     n = args.workers
     with contextlib.ExitStack() as stack:
@@ -442,7 +348,7 @@ def run_workers_backend(backend: str, clips: Sequence[Path], warm_clips: Sequenc
             extra |= {"vector_store": "milvus", "milvus_uri": uri, "milvus_collection_prefix": "bench_ingest"}
         homes = ([work / backend / "shared"] * n if backend == "faiss"
                  else [work / backend / f"w{i}" for i in range(n)])
-        repair_s = (prepopulate(Settings(home=homes[0], **extra), args.existing, model_version(args))
+        repair_s = (prepopulate(Settings(home=homes[0], **extra), args.existing, model_version(args.config))
                     if args.existing else 0.0)
         ctx = multiprocessing.get_context("spawn")
         warm_lock, warmed, go, out = ctx.Lock(), ctx.Barrier(n + 1), ctx.Barrier(n + 1), ctx.Queue()
@@ -479,11 +385,6 @@ def run_workers_backend(backend: str, clips: Sequence[Path], warm_clips: Sequenc
     return row
 
 
-def model_version(args: argparse.Namespace) -> str:
-    """The embedding-space id the workers' model writes (from its config: random weights do not change it)."""
-    return build_model("cpu", args.config).info.version()
-
-
 def run_workers(args: argparse.Namespace, command: str, machine_extra: str = "") -> str:
     """The same clips through ``args.workers`` worker processes on each backend; the BENCHMARKS.md section."""
     from tests.media_fixtures import speech_video
@@ -510,8 +411,9 @@ def run_workers(args: argparse.Namespace, command: str, machine_extra: str = "")
               r["stats"].get("index", 0.0) / r["videos"], r["repair_s"]] for r in rows]
     stage_rows = [[name, *(r["stats"].get(name, 0.0) for r in rows)] for name in stage_names]
     body = "\n".join([
-        f"The real worker (`indexer.worker.Worker`) in {args.workers} processes at once on each index backend, the "
-        f"same {len(clips)} clips ({', '.join(p.name for p in clips)}): decode, Whisper `bundled:whisper-base` "
+        f"The real worker (`indexer.ingest.worker.Worker`) in {args.workers} processes at once on each index "
+        f"backend, the same {len(clips)} clips ({', '.join(p.name for p in clips)}): decode, Whisper "
+        f"`bundled:whisper-base` "
         f"(faster-whisper, VAD, beam 5, cpu_threads {args.whisper_threads}), SAVE `{args.config}` (full size, random "
         f"weights, fused path, fp32, torch threads {args.threads} per worker, encode batch {args.batch}), MiniLM, "
         f"commit to PostgreSQL 15 (a scratch database per backend, on this machine), index write. FAISS: the workers "
@@ -520,7 +422,7 @@ def run_workers(args: argparse.Namespace, command: str, machine_extra: str = "")
         "models and ingests its own 4 s warm-up clip first (not counted); then the clips are queued as one job and "
         "the clock runs from the workers' start to the last video committed and indexed. "
         + (f"The collection already holds {args.existing} videos of the same model (pooled vectors and 6 passages "
-           "each, written and indexed by `bench.write_bench.prepopulate` before the workers start), so every index "
+           "each, written and indexed by `bench.harness.prepopulate` before the workers start), so every index "
            "write works on an index of that size. " if args.existing else "")
         + "CPU s/video: both workers' "
         "process CPU time (all threads) plus the Milvus server's, over that window: steadier than wall time on this "
@@ -551,7 +453,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="save-b32", help="SAVE architecture (random weights)")
     p.add_argument("--whisper-model", default=None, help="faster-whisper model (default: the bundled base)")
     p.add_argument("--asr-batch-size", type=int, default=0,
-                   help="> 0: faster-whisper BatchedInferencePipeline with this batch (GPU); 0: the worker's ASR")
+                   help="> 0: clips decoded together by the transcriber (default: SAVE_SEARCH_ASR_BATCH_SIZE)")
     p.add_argument("--omp-wait-policy", choices=("default", "passive", "active"), default="default",
                    help="OMP_WAIT_POLICY for this process (default: leave it as the service does)")
     p.add_argument("--workers", type=int, default=0,
@@ -561,27 +463,9 @@ def parser() -> argparse.ArgumentParser:
                    help="with --workers: videos already indexed when the workers start (synthetic vectors)")
     p.add_argument("--quiet-wait-s", type=float, default=600.0,
                    help="with --workers: wait at most this long for a quiet machine before measuring")
-    p.add_argument("--no-append", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    p.add_argument("--no-append", action="store_true", help="print only; do not write BENCHMARKS.md")
     p.add_argument("--keep", action="store_true", help=f"keep {WORK}/ingest afterwards")
     return p
-
-
-class _BatchedWhisper:
-    """Stands in for ``WhisperModel`` inside our Transcriber: same ``transcribe`` call, run through faster-whisper's
-    ``BatchedInferencePipeline`` (VAD segments decoded in batches, the fast path on GPUs)."""
-
-    def __init__(self, model, batch_size: int) -> None:
-        from faster_whisper import BatchedInferencePipeline
-
-        self._model = model
-        self._pipeline = BatchedInferencePipeline(model)
-        self.batch_size = batch_size
-
-    def transcribe(self, audio, **kwargs):
-        return self._pipeline.transcribe(audio, batch_size=self.batch_size, **kwargs)
-
-    def __getattr__(self, name: str):
-        return getattr(self._model, name)
 
 
 def run(args: argparse.Namespace, command: str, machine_extra: str = "") -> str:
@@ -595,20 +479,20 @@ def run(args: argparse.Namespace, command: str, machine_extra: str = "") -> str:
         clips = make_clips(work / "clips", args.quick)
         warm = make_clips_warmup(work / "clips")
         model = build_model(args.device, args.config)
-        services = make_services(work / "home", model, args.batch, args.device, args.whisper_threads,
-                                 args.whisper_model, args.whisper_compute_type)
+        services, runtimes = make_services(work / "home", model, args.batch, args.device, args.whisper_threads,
+                                           args.whisper_model, args.whisper_compute_type)
         if args.asr_batch_size > 0:
-            services.transcriber.model = _BatchedWhisper(services.transcriber.model, args.asr_batch_size)
+            runtimes.transcriber.batch_size = args.asr_batch_size
         load = wait_for_quiet()
-        worker, wall, cpu = run_pipeline(services, clips, warm)
+        worker, wall, cpu = run_pipeline(services, runtimes, clips, warm)
         print(f"pipeline: {wall:.1f} s for {worker.stats.get('video_seconds', 0):.1f} s of video", flush=True)
         captured = worker.captured
         alone = measure_model_stages(model, captured, args.batch, args.device, fp16=args.device.startswith("cuda"))
-        asr = measure_asr(services.transcriber, captured)
+        asr = measure_asr(runtimes.transcriber, captured)
         sentences = measure_sentences(services.sentences, captured)
-        variants = (run_variants(model, variant_subset(captured), resolve_whisper_dir(services.settings.whisper_model))
+        variants = (run_variants(model, variant_subset(captured), resolve_whisper_dir(services.settings.asr.model))
                     if args.variants else None)
-        whisper = services.transcriber.model_name + (f", batched x{args.asr_batch_size}" if args.asr_batch_size else "")
+        whisper = runtimes.transcriber.model_name + (f", batched x{args.asr_batch_size}" if args.asr_batch_size else "")
         body, _ = report(worker, wall, cpu, alone, asr, sentences, variants, args, clips, whisper)
     finally:
         if not args.keep:
@@ -623,17 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     runner = run_workers if args.workers > 0 else run
     md = runner(args, command_line("bench.ingest_bench", argv), f"OMP_WAIT_POLICY {policy}")
-    publish(md, append=not (args.no_append or args.quick))
+    publish(md, write=not (args.no_append or args.quick))
     return 0
-
-
-def make_clips_warmup(out: Path) -> Path:
-    from tests.media_fixtures import speech_video
-
-    target = out / "warmup.mp4"
-    if not target.exists():
-        speech_video(MEDIA / "speech" / WARMUP_CLIP, target, size=224)
-    return target
 
 
 if __name__ == "__main__":

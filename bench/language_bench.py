@@ -1,7 +1,7 @@
 """Language decision of Whisper base on English speech: how often detection is wrong, how often comparing the
 candidate languages' decodes fixes it, and what the comparison costs in ASR time, for a range of thresholds.
 
-    .venv/bin/python -m bench.language_bench                 # all sets, appended to BENCHMARKS.md
+    .venv/bin/python -m bench.language_bench                 # all sets; writes its BENCHMARKS.md section
     .venv/bin/python -m bench.language_bench --no-append --quick
 
 Sets (English unless named): every real clip in media/speech (LJSpeech, LibriVox, cards, jfk, hotwords, the
@@ -10,12 +10,13 @@ noise at 5 and 0 dB SNR; **synthetic** accented English (espeak-ng's British reg
 LibriVox sentences: synthetic speech, labelled so everywhere); and non-English speech that must be left alone
 (the German part of multilingual.mp3, real; espeak-ng German, French, Spanish and Welsh, synthetic).
 
-Each clip is processed the way ``indexer.asr.Transcriber`` does it (VAD, beam 5, the token cap): one detection
-pass, then a trial decode (the first window, ``indexer.asr._trial``) in each candidate language (the top ones with
-probability >= 0.05, at most 3) for every clip whose top probability is below the highest threshold swept, scored
-with ``indexer.asr.score_decode`` and decided with ``choose_decode``. Each decode is timed, so the cost of any
-threshold follows from one run: without the rule a clip costs detection + the top language's decode; with it, an
-uncertain clip also pays the other candidates' trial decodes. The multilingual clip also goes through the real
+Each clip is processed the way ``indexer.inference.asr.Transcriber`` does it (VAD, beam 5, the token cap): one
+detection pass, then a trial decode (the first window, ``indexer.inference.language.trial_segments``) in each
+candidate language (the top ones with probability >= 0.05, at most 3) for every clip whose top probability is below
+the highest threshold swept, scored with ``indexer.inference.language.score_decode`` and decided with
+``choose_decode``. Each decode is timed, so the cost of any threshold follows from one run: without the rule a clip
+costs detection + the top language's decode; with it, an uncertain clip also pays the other candidates' trial
+decodes. The multilingual clip also goes through the real
 ``Transcriber`` end to end.
 """
 
@@ -34,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import WORK, command_line, entry, md_table, publish, wait_for_quiet
+from bench.harness import MEDIA, WORK, command_line, entry, md_table, publish, wait_for_quiet
 
-SPEECH = Path("/work/shared/data/media/speech")
+SPEECH = MEDIA / "speech"
 SR = 16_000
 THRESHOLDS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97)
 MARGINS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -79,7 +80,7 @@ class Measured:
     def decide(self, threshold: float, margin: float | None = None, prefer: str | None = "en"
                ) -> tuple[str, bool, float]:
         """(language kept, compared?, ASR seconds) under ``threshold`` (and the switch ``margin``)."""
-        from indexer.asr import SWITCH_MARGIN, choose_decode, decide_language
+        from indexer.inference.language import SWITCH_MARGIN, choose_decode, decide_language
 
         d = decide_language(self.probs, (), threshold)
         base = self.detect_s + self.top_full_s
@@ -168,7 +169,8 @@ def build_sets(quick: bool, sets: Sequence[str] = SETS) -> list[Clip]:
 
 
 def measure(model, clip: Clip, max_threshold: float) -> Measured:
-    from indexer.asr import _trial, decide_language, score_decode, token_cap
+    from indexer.inference.asr import token_cap
+    from indexer.inference.language import decide_language, score_decode, trial_segments
 
     common = dict(vad_filter=True, beam_size=5, condition_on_previous_text=False)
     start = time.perf_counter()
@@ -183,7 +185,7 @@ def measure(model, clip: Clip, max_threshold: float) -> Measured:
     for lang in langs:
         start = time.perf_counter()
         gen = iter(model.transcribe(clip.audio, language=lang, max_new_tokens=cap, **common)[0])
-        trial = _trial(gen)
+        trial = trial_segments(gen)
         m.trial_s[lang] = time.perf_counter() - start
         m.scores[lang] = score_decode(lang, trial)
         if lang == top:
@@ -251,7 +253,7 @@ def save(results: list[Measured], e2e: list[list[object]], load_avg: float, path
 
 
 def replay(path: Path) -> tuple[list[Measured], list[list[object]], float]:
-    from indexer.asr import DecodeScore
+    from indexer.inference.language import DecodeScore
 
     out = []
     saved = json.loads(path.read_text())
@@ -278,7 +280,7 @@ def detail(results: list[Measured], threshold: float) -> list[list[object]]:
 
 def end_to_end(threshold: float) -> list[list[object]]:
     """multilingual.mp3 (English, then German) through the real Transcriber, rule on."""
-    from indexer.asr import Transcriber
+    from indexer.inference.asr import Transcriber
 
     out = []
     t = Transcriber(device="cpu", cpu_threads=2, min_language_probability=threshold)
@@ -295,7 +297,7 @@ def end_to_end(threshold: float) -> list[list[object]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threshold", type=float, default=None,
-                        help="threshold for the per-set table (default: indexer.asr's default)")
+                        help="threshold for the per-set table (default: indexer.inference.asr's default)")
     parser.add_argument("--quick", action="store_true", help="a few clips per set (smoke run, not appended)")
     parser.add_argument("--no-append", action="store_true")
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated subset of {','.join(SETS)}")
@@ -305,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     from faster_whisper import WhisperModel
 
-    from indexer.asr import DEFAULT_MIN_LANGUAGE_PROBABILITY
+    from indexer.inference.language import DEFAULT_MIN_LANGUAGE_PROBABILITY
     from models.bundled import WHISPER_BASE_NAME, resolve_whisper_model
 
     threshold = args.threshold if args.threshold is not None else DEFAULT_MIN_LANGUAGE_PROBABILITY
@@ -364,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
            md_table(["audio", "language", "method", "decision", "s", "end of text"], e2e)] if e2e else []))
     text = entry("Language decision on English speech: detection vs comparing candidate decodes",
                  command_line("bench.language_bench", argv), load_avg, body)
-    publish(text, append=not (args.no_append or args.quick))
+    publish(text, write=not (args.no_append or args.quick))
     return 0
 
 

@@ -4,9 +4,10 @@ It starts the real app (``create_app``, speech mode, embedded ingest worker, SQL
 separate process on 127.0.0.1 and a free port, indexes a small collection of real speech clips through the
 API, then drives a mix of ``GET /v1/search`` (varied queries), ``GET /v1/videos/{id}`` and ``GET /healthz``
 from 1, 10 and 50 concurrent httpx clients. Per level it reports throughput, p50/p95/p99 latency and the
-errors with their causes, and appends the table to BENCHMARKS.md with the date, the machine and the command.
+errors with their causes, and writes the table to BENCHMARKS.md with the date, the machine and the command
+(section "HTTP load test", or "HTTP load test with ingest running" with ``--ingest-workers``; a rerun replaces it).
 
-    .venv/bin/python -m bench.load_test              # full run: 60 s per level, appended to BENCHMARKS.md
+    .venv/bin/python -m bench.load_test              # full run: 60 s per level, written to BENCHMARKS.md
     .venv/bin/python -m bench.load_test --quick      # 5 s per level, no BENCHMARKS.md entry
     .venv/bin/python -m bench.load_test --levels 30 --seconds 45 --ingest-workers 2   # searches while ingesting
 
@@ -16,7 +17,7 @@ many of them the workers finished during the level next to the search latency.
 
 The server runs in its own process so that the load generator does not share its interpreter (GIL); both
 still share this machine's CPU cores, which the report says. A full run first waits for a quiet machine
-(``bench.common.wait_for_quiet``) and records the load average it started at.
+(``bench.harness.wait_for_quiet``) and records the load average it started at.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import ROOT, command_line, entry, md_table, percentile, publish, wait_for_quiet
-from indexer.jobs import FINISHED_JOB_STATUSES
+from bench.harness import ROOT, command_line, entry, md_table, percentile, publish, wait_for_quiet
+from indexer.ingest.jobs import FINISHED_STATUSES
 
 LEVELS = (1, 10, 50)
 MAX_REQUESTS = 200_000  # per level, whatever the duration: the run is bounded in count as well as time
@@ -183,7 +184,7 @@ def ingest(base_url: str, clips: Sequence[Path], timeout_s: float = 600.0) -> li
         for job_id in jobs:
             while True:
                 job = client.get(f"/v1/jobs/{job_id}").json()
-                if job["status"] in FINISHED_JOB_STATUSES:
+                if job["status"] in FINISHED_STATUSES:
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"ingest job {job_id} did not finish in {timeout_s} s: {job}")
@@ -375,13 +376,13 @@ def ingest_progress(home: Path) -> float:
     in progress."""
     from sqlalchemy import case, func, select
 
-    from indexer.db import JobItem, make_engine, session_factory
-    from indexer.jobs import FINISHED_ITEM_STATUSES
+    from indexer.ingest.jobs import FINISHED_STATUSES
+    from indexer.storage.db import JobItem, make_engine, session_factory
 
     engine = make_engine(f"sqlite:///{home / 'save_search.db'}")
     try:
         with session_factory(engine)() as s:
-            done = case((JobItem.status.in_(FINISHED_ITEM_STATUSES), 1.0), else_=JobItem.progress)
+            done = case((JobItem.status.in_(FINISHED_STATUSES), 1.0), else_=JobItem.progress)
             return float(s.scalar(select(func.sum(done))) or 0.0)
     finally:
         engine.dispose()
@@ -467,9 +468,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         failed = bool(problems) or any(r.errors for r in results)
         if failed:
             print(f"--- server log ({server_log}) ---\n{server_log.read_text()[-20_000:]}", file=sys.stderr)
-    text = entry("HTTP load test", command_line("bench.load_test", argv), load,
+    title = "HTTP load test with ingest running" if args.ingest_workers else "HTTP load test"
+    text = entry(title, command_line("bench.load_test", argv), load,
                  markdown_body(results, args.clips, problems, args.ingest_workers, args.ingest_clips))
-    publish(text, append=not (args.quick or args.no_append))
+    publish(text, write=not (args.quick or args.no_append))
     return 1 if failed else 0
 
 

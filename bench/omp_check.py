@@ -1,6 +1,6 @@
 """Why search processes should run with ``OMP_WAIT_POLICY=PASSIVE`` (or one thread per runtime) on small CPUs.
 
-    .venv/bin/python -m bench.omp_check            # appends to BENCHMARKS.md
+    .venv/bin/python -m bench.omp_check            # writes its BENCHMARKS.md section
     .venv/bin/python -m bench.omp_check --no-append --size 12000 --queries 50
 
 torch, faiss (and CTranslate2) each bundle their own libgomp. One search runs faiss (HNSW search opens an
@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import (
+from bench.harness import (
     ROOT,
     WORK,
     command_line,
@@ -43,9 +43,9 @@ def child(size: int, queries: int, threads: int) -> dict[str, object]:
     import faiss
     import torch
 
-    from bench import query_bench as q
-    from bench.ingest_bench import build_model
-    from indexer.store import FeatureStore
+    from bench import synthetic as q
+    from bench.harness import DIM, FRAMES, build_model
+    from indexer.storage.shards import FeatureStore
 
     if threads:
         torch.set_num_threads(threads)
@@ -53,7 +53,7 @@ def child(size: int, queries: int, threads: int) -> dict[str, object]:
     work = WORK / f"omp-{os.getpid()}"
     try:
         col = q.generate(size, work / "home", q.Synth(), queries, 0)
-        store = FeatureStore(col.features_dir, q.FRAMES, q.DIM, owner="reader")
+        store = FeatureStore(col.features_dir, FRAMES, DIM, owner="reader")
         out: dict[str, object] = {}
         for kind in ("flat", "hnsw"):
             built = q.build_index(col, kind, 0)
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         md_table(["variant", "measure", "p50 ms", "p99 ms"], rows),
     ])
     text = entry("OpenMP wait policy on the query path", command_line("bench.omp_check", argv), load, body)
-    publish(text, append=not args.no_append)
+    publish(text, write=not args.no_append)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Retrieval quality on real speech: R@1, R@5, MRR and moment accuracy of each ranking change, against the
 previous rule and a plain baseline, on one collection, in one run.
 
-    .venv/bin/python -m bench.retrieval_bench                # ingest, evaluate every variant, append to BENCHMARKS.md
+    .venv/bin/python -m bench.retrieval_bench                # ingest, evaluate every variant, write BENCHMARKS.md
     .venv/bin/python -m bench.retrieval_bench --no-append
     .venv/bin/python -m bench.retrieval_bench --screen      # on-screen text: its own collection and table
 
@@ -13,7 +13,7 @@ British English (espeak-ng's regional voices; labelled ``british-*``) for accent
 ``bench/data/retrieval_queries.tsv`` (66, written for this benchmark, none copied from a transcript).
 
 Ingest runs the real worker in speech mode (no CLIP weights offline) with its defaults; every ranking variant
-is then evaluated through ``indexer.evaluation`` (the code behind ``save-search evaluate-search``) on that
+is then evaluated through ``indexer.search.evaluation`` (the code behind ``save-search evaluate-search``) on that
 same collection. Variants that read un-normalised text recompute the passage embeddings first
 (``reindex_text``: no audio decoded again). The baseline is written here on purpose, independent of the
 service: MiniLM cosine of the query with each whole transcript, nothing else.
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import WORK, command_line, entry, md_table, publish, wait_for_quiet
+from bench.harness import WORK, command_line, entry, md_table, publish, wait_for_quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT.parent / "shared" / "data" / "media"
@@ -170,9 +170,10 @@ def build_screen_clips(out: Path) -> list[Path]:
 def ingest(home: Path, clips: Sequence[Path], **settings_changes):
     """The real worker, speech mode, default settings (unless changed), over one bulk job; returns the loaded
     Services and the worker's seconds per stage."""
-    from indexer.jobs import JobQueue
+    from indexer.ingest.jobs import JobQueue
+    from indexer.ingest.worker import Worker
+    from indexer.services import Services
     from indexer.settings import Settings
-    from indexer.worker import Services, Worker
 
     settings = Settings(home=home, **settings_changes)
     services = Services(settings)
@@ -190,15 +191,16 @@ def baseline(services, queries, with_screen_text: bool = False) -> list:
     what anyone writes in an afternoon."""
     from sqlalchemy import select
 
-    from indexer.db import SCREEN, Segment, Video
-    from indexer.evaluation import QueryOutcome
+    from indexer.enums import Source
+    from indexer.search.evaluation import QueryOutcome
+    from indexer.storage.db import Segment, Video
 
     with services.sessions() as s:
         rows = s.execute(select(Video.id, Video.filename, Video.transcript).where(Video.status == "indexed")
                          .order_by(Video.id)).all()
         shown: dict[int, list[str]] = {}
         if with_screen_text:
-            for vid, text in s.execute(select(Segment.video_id, Segment.text).where(Segment.source == SCREEN)
+            for vid, text in s.execute(select(Segment.video_id, Segment.text).where(Segment.source == Source.SCREEN)
                                        .order_by(Segment.video_id, Segment.idx)):
                 shown.setdefault(vid, []).append(text)
     ids = np.array([r.id for r in rows])
@@ -234,6 +236,8 @@ def variants():
         (DEFAULT, False, dict(passages=True, lexical="coverage", lexical_weight=0.1)),
         ("passages + coverage 0.1, moment = best window", False, dict(passages=True, lexical="coverage",
                                                                       lexical_weight=0.1, moment="passage")),
+        ("passages + coverage 0.1, moment = best segment of the best window", False,
+         dict(passages=True, lexical="coverage", lexical_weight=0.1, moment="segment-in-window")),
         ("passages + coverage 0.2", False, dict(passages=True, lexical="coverage", lexical_weight=0.2)),
         ("passages + coverage 0.3", False, dict(passages=True, lexical="coverage", lexical_weight=0.3)),
         ("passages + coverage 0.5", False, dict(passages=True, lexical="coverage", lexical_weight=0.5)),
@@ -244,7 +248,7 @@ def variants():
 
 def reliability(pairs: list[tuple[float, bool]], ab: tuple[float, float]) -> list[list[object]]:
     """Rows (score range, results, share right) of a calibrated channel score, to show what a score means."""
-    from indexer.search import calibrate
+    from indexer.search.ranking import calibrate
 
     p = calibrate(np.array([r for r, _ in pairs]), ab)
     right = np.array([t for _, t in pairs])
@@ -256,9 +260,11 @@ def reliability(pairs: list[tuple[float, bool]], ab: tuple[float, float]) -> lis
 
 
 def run(args: argparse.Namespace, command: str) -> str:
-    from indexer import evaluation
-    from indexer.reindex import rebuild_indexes, reindex_text
-    from indexer.search import Ranking, SearchService
+    from indexer.ingest.reindex import rebuild_indexes, reindex_text
+    from indexer.search import evaluation
+    from indexer.search.ranking import Ranking
+    from indexer.search.service import SearchService
+    from indexer.settings import SearchSettings
 
     work = WORK / "retrieval"
     if args.fresh:
@@ -276,7 +282,7 @@ def run(args: argparse.Namespace, command: str) -> str:
     current_norm = None
     for name, normalized, changes in variants():
         if normalized != current_norm:
-            services.settings.normalize_sentence_input = normalized
+            services.settings.search.normalize_sentence_input = normalized
             reindex_text(services)
             rebuild_indexes(services)
             current_norm = normalized
@@ -285,8 +291,8 @@ def run(args: argparse.Namespace, command: str) -> str:
         reports[name] = report
         rows.append(_row(name, report))
         print(rows[-1], flush=True)
-    if current_norm != services.settings.__class__().normalize_sentence_input:  # leave the collection as ingested
-        services.settings.normalize_sentence_input = not current_norm
+    if current_norm != SearchSettings().normalize_sentence_input:  # leave the collection as ingested
+        services.settings.search.normalize_sentence_input = not current_norm
         reindex_text(services)
         rebuild_indexes(services)
     default = reports[DEFAULT]
@@ -343,7 +349,7 @@ def _row(name: str, report) -> list[object]:
 def _languages(services) -> list[list[object]]:
     from sqlalchemy import select
 
-    from indexer.db import Video
+    from indexer.storage.db import Video
 
     with services.sessions() as s:
         rows = s.execute(select(Video.filename, Video.language, Video.language_probability, Video.language_method,
@@ -354,8 +360,9 @@ def _languages(services) -> list[list[object]]:
 
 def run_screen(args: argparse.Namespace, command: str) -> str:
     """On-screen text queries with and without the OCR channel, against the simplest alternatives."""
-    from indexer import evaluation
-    from indexer.search import Ranking, SearchService
+    from indexer.search import evaluation
+    from indexer.search.ranking import Ranking
+    from indexer.search.service import SearchService
 
     work = WORK / "retrieval-screen"
     if args.fresh:
@@ -418,7 +425,7 @@ def run_screen(args: argparse.Namespace, command: str) -> str:
         "",
         md_table(["screen_score", "results", "share that were the right video"], reliability(pairs, fit)),
         "",
-        "On-screen text read from each clip (`indexer.ocr` spans, start-end s):",
+        "On-screen text read from each clip (`indexer.inference.ocr` spans, start-end s):",
         "",
         md_table(["clip", "spans"], spans),
         "",
@@ -448,12 +455,13 @@ def _inside(report, screen_queries) -> float:
 def _screen_spans(session) -> list[list[object]]:
     from sqlalchemy import select
 
-    from indexer.db import SCREEN, Segment, Video
+    from indexer.enums import Source
+    from indexer.storage.db import Segment, Video
 
     out: dict[str, list[str]] = {}
     for name, start, end, text in session.execute(
             select(Video.filename, Segment.start_s, Segment.end_s, Segment.text).join(Segment)
-            .where(Segment.source == SCREEN).order_by(Video.filename, Segment.start_s)):
+            .where(Segment.source == Source.SCREEN).order_by(Video.filename, Segment.start_s)):
         out.setdefault(name, []).append(f"{start:.0f}-{end:.0f}: {' '.join(text.split())}")
     return [[name, " / ".join(texts)] for name, texts in sorted(out.items())]
 
@@ -464,12 +472,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--queries", type=Path, default=QUERIES)
     parser.add_argument("--fresh", action="store_true", help="Ingest again even if a previous run's collection "
                                                               "is there.")
-    parser.add_argument("--no-append", action="store_true", help="Print only; do not append to BENCHMARKS.md.")
+    parser.add_argument("--no-append", action="store_true", help="Print only; do not write BENCHMARKS.md.")
     parser.add_argument("--screen", action="store_true", help="On-screen text queries on their own collection.")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     publish((run_screen if args.screen else run)(args, command_line("bench.retrieval_bench", argv)),
-            append=not args.no_append)
+            write=not args.no_append)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Index writes with two workers, on each backend: the part of ingest after the encoders.
 
-    .venv/bin/python -m bench.write_bench                                  # faiss and milvus; appends to BENCHMARKS.md
+    .venv/bin/python -m bench.write_bench                                  # faiss and milvus; to BENCHMARKS.md
     .venv/bin/python -m bench.write_bench --existing 2000 --per-worker 5 --no-append   # a smoke run
 
 Two worker processes commit synthetic videos exactly as ``Worker.commit`` does (a video row with its passages
@@ -20,37 +20,34 @@ import contextlib
 import multiprocessing
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import WORK, command_line, entry, md_table, percentile, publish, wait_for_quiet
-from bench.query_bench import DIM, FRAMES, connect_milvus, free_port, milvus_lite_server, proc_cpu_s
-
-VERSION = "bench-write"
-PASSAGE_DIM = 384
-PASSAGES_PER_VIDEO = 6
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-@contextlib.contextmanager
-def scratch_database(name: str) -> Iterator[str]:
-    """A PostgreSQL database of this run (created, migrated, dropped afterwards); yields its SQLAlchemy URL."""
-    import psycopg
-
-    from indexer.migrate import init_db
-
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    try:
-        init_db(url)
-        yield url
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+from bench.harness import (
+    DIM,
+    FRAMES,
+    PASSAGE_DIM,
+    PASSAGES_PER_VIDEO,
+    VERSION,
+    WORK,
+    collect,
+    command_line,
+    connect_milvus,
+    entry,
+    free_port,
+    md_table,
+    milvus_lite_server,
+    open_catalog,
+    percentile,
+    prepopulate,
+    proc_cpu_s,
+    publish,
+    scratch_database,
+    unit16,
+    wait_for_quiet,
+)
 
 
 def settings_for(backend: str, home: Path, db_url: str, milvus_uri: str | None):
@@ -61,58 +58,11 @@ def settings_for(backend: str, home: Path, db_url: str, milvus_uri: str | None):
     return Settings(home=home, database_url=db_url, **extra)
 
 
-def open_catalog(settings, version: str = VERSION):
-    from indexer.catalog import make_catalog
-    from indexer.db import make_engine, session_factory
-    from indexer.worker import passage_space
-
-    sessions = session_factory(make_engine(settings.db_url))
-    catalog = make_catalog(settings, sessions, version, DIM, passage_space(settings), PASSAGE_DIM)
-    catalog.load()
-    return sessions, catalog
-
-
-def unit16(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
-    x = rng.standard_normal((rows, dim)).astype(np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
-
-
-def prepopulate(settings, existing: int, version: str = VERSION) -> float:
-    """``existing`` committed videos of model ``version`` with pooled vectors and passages (no frame features:
-    nothing here reads them), then the start-up repair that indexes them. Returns the repair's seconds."""
-    from sqlalchemy import insert, text
-
-    from indexer.db import Passage, Video, utcnow
-
-    sessions, catalog = open_catalog(settings, version)
-    rng = np.random.default_rng(0)
-    now = utcnow()
-    with sessions.begin() as s:
-        for lo in range(0, existing, 5000):
-            ids = range(lo + 1, min(existing, lo + 5000) + 1)
-            pooled = unit16(rng, len(ids), DIM)
-            s.execute(insert(Video), [dict(id=v, content_hash=f"{v:064x}", filename=f"old-{v}.mp4",
-                                           source_path="/dev/null", size_bytes=0, duration_s=60.0, has_audio=True,
-                                           transcript="", model_version=version, model_mode="save-fused",
-                                           pooled=pooled[i].tobytes(), status="indexed", created_at=now)
-                                      for i, v in enumerate(ids)])
-            emb = unit16(rng, len(ids) * PASSAGES_PER_VIDEO, PASSAGE_DIM)
-            s.execute(insert(Passage), [dict(video_id=v, first_idx=k, last_idx=k, start_s=10.0 * k,
-                                             end_s=10.0 * k + 10, embedding=emb[i * PASSAGES_PER_VIDEO + k].tobytes())
-                                        for i, v in enumerate(ids) for k in range(PASSAGES_PER_VIDEO)])
-        # explicit ids: move the sequence past them, so the workers' rows get new ones
-        s.execute(text("SELECT setval(pg_get_serial_sequence('videos', 'id'), (SELECT max(id) FROM videos))"))
-    start = time.perf_counter()
-    catalog.prepare()
-    catalog.repair()
-    return time.perf_counter() - start
-
-
 def write_videos(backend: str, home: str, db_url: str, milvus_uri: str | None, worker: int, count: int,
                  out: multiprocessing.Queue) -> None:
     """One worker: ``count`` videos committed and indexed one at a time, as ``Worker.commit`` + ``index_videos``."""
-    from indexer.catalog import to_blob
-    from indexer.db import Passage, Video
+    from indexer.storage.catalog import store_embedding
+    from indexer.storage.db import Passage, Video
 
     settings = settings_for(backend, Path(home), db_url, milvus_uri)
     sessions, catalog = open_catalog(settings)
@@ -134,10 +84,7 @@ def write_videos(backend: str, home: str, db_url: str, milvus_uri: str | None, w
                                           embedding=emb[k].tobytes()) for k in range(PASSAGES_PER_VIDEO))
             s.add(video)
             s.flush()
-            ref = store.append(video.id, frames, mask)
-            video.feature_shard, video.feature_offset = ref.shard, ref.offset
-            video.pooled = to_blob(pooled)
-            video.model_version = VERSION
+            store_embedding(video, store, frames, mask, pooled, VERSION)
             video_id = video.id
         t1 = time.perf_counter()
         catalog.index_videos([video_id])
@@ -146,21 +93,6 @@ def write_videos(backend: str, home: str, db_url: str, milvus_uri: str | None, w
         index_ms.append(1000 * (t2 - t1))
     out.put({"worker": worker, "commit_ms": commit_ms, "index_ms": index_ms, "cpu_s": time.process_time() - cpu,
              "first": first, "last": time.time()})
-
-
-def collect(out: multiprocessing.Queue, procs: list) -> list[dict]:
-    """Each worker's result; a worker that died without one fails the run at once instead of hanging it."""
-    import queue
-
-    results: list[dict] = []
-    while len(results) < len(procs):
-        try:
-            results.append(out.get(timeout=5))
-        except queue.Empty:
-            failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-            if failed:
-                raise RuntimeError(f"a writer process failed (exit codes {failed}); its traceback is above") from None
-    return results
 
 
 def run_backend(backend: str, args: argparse.Namespace, work: Path) -> list[object]:
@@ -203,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--existing", type=int, default=20_000, help="videos already indexed when the workers start")
     p.add_argument("--per-worker", type=int, default=40, help="videos each of the two workers writes")
     p.add_argument("--quiet-wait-s", type=float, default=600.0)
-    p.add_argument("--no-append", action="store_true")
+    p.add_argument("--no-append", action="store_true", help="print only; do not write BENCHMARKS.md")
     args = p.parse_args(argv)
     work = WORK / "write"
     shutil.rmtree(work, ignore_errors=True)
@@ -225,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "index_videos p50 ms", "index_videos p99 ms", "CPU ms/video", "start-up repair s"], rows),
     ])
     publish(entry("Index writes with two workers: FAISS snapshots vs Milvus", command_line("bench.write_bench", argv),
-                  load, body), append=not args.no_append)
+                  load, body), write=not args.no_append)
     return 0
 
 

@@ -39,3 +39,10 @@ class TransientError(IngestError):
 
     kind = "transient"
     permanent = False
+
+
+class StoreUnavailableError(TransientError):
+    """The media store (object storage) did not answer, or answered with a server error: nothing was lost, and
+    the same request later may succeed."""
+
+    kind = "store_unavailable"

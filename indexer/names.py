@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
 
 MAX_NAME_BYTES = 255  # one path component (NAME_MAX on Linux file systems)
 MAX_PATH_BYTES = 4095  # a whole path (PATH_MAX less the terminating NUL)
 MAX_SUFFIX_CHARS = 16  # longer "extensions" are not kept when a name is shortened
 _RAW_PREFIX = "fs-bytes:"  # stored paths are absolute; this prefix cannot start one
+S3_SCHEME = "s3://"
+URL_SCHEMES = ("http://", "https://")
+MAX_URL_CHARS = 8192
+MAX_S3_KEY_BYTES = 1024
+# S3 bucket names (the rules AWS, MinIO and Ceph share): 3-63 lower-case letters, digits, dots and hyphens
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def text_problem(text: str, what: str) -> str | None:
@@ -47,6 +56,88 @@ def path_problem(path: str) -> str | None:
     if not path.startswith(("/", "~")):
         return "the path must be absolute"
     return None
+
+
+def is_s3(text: str | Path) -> bool:
+    """Whether a source or stored reference names an object (``s3://bucket/key``) rather than a local path."""
+    return isinstance(text, str) and text.startswith(S3_SCHEME)
+
+
+def is_url(text: str | Path) -> bool:
+    return isinstance(text, str) and text.lower().startswith(URL_SCHEMES)
+
+
+def is_remote(text: str | Path) -> bool:
+    """An object in a bucket or an http(s) URL: anything that is not a path on this machine."""
+    return is_s3(text) or is_url(text)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` -> (``bucket``, ``some/key``); the key may be empty (a whole bucket)."""
+    bucket, _, key = uri[len(S3_SCHEME):].partition("/")
+    return bucket, key
+
+
+def s3_problem(uri: str) -> str | None:
+    """Why ``uri`` is not a usable ``s3://bucket[/prefix]``, else ``None``."""
+    problem = text_problem(uri, "the object URI")
+    if problem:
+        return problem
+    bucket, key = split_s3(uri)
+    if not _BUCKET_RE.fullmatch(bucket) or ".." in bucket:
+        return f"{bucket!r} is not a valid bucket name (s3://bucket/prefix)"
+    if len(key.encode("utf-8")) > MAX_S3_KEY_BYTES:
+        return f"the object key is longer than {MAX_S3_KEY_BYTES} bytes"
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        return "the object key contains a control character"
+    return None
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be fetched at all (scheme, host, characters), else ``None``. Where it leads is checked
+    when it is fetched (``indexer.ingest.remote``)."""
+    problem = text_problem(url, "the URL")
+    if problem:
+        return problem
+    if len(url) > MAX_URL_CHARS:
+        return f"the URL is longer than {MAX_URL_CHARS} characters"
+    if any(ord(c) <= 32 or ord(c) == 127 for c in url):
+        return "the URL contains a space or a control character (percent-encode it)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"the URL is malformed: {exc}"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "only http:// and https:// URLs can be fetched"
+    if not parts.hostname:
+        return "the URL has no host"
+    if port == 0:
+        return "the URL's port is 0"
+    return None
+
+
+def source_problem(text: str) -> str | None:
+    """Why a bulk-job source cannot be used, before any network or file system call: an ``s3://`` object or
+    prefix, an http(s) URL, or an absolute server path."""
+    if is_s3(text):
+        return s3_problem(text)
+    if _SCHEME_RE.match(text):  # http(s), or a scheme we do not fetch (said by url_problem)
+        return url_problem(text)
+    return path_problem(text)
+
+
+def source_name(text: str) -> str:
+    """The file name a source shows: a path's last part, an object key's, or a URL path's (decoded), else its
+    host."""
+    if is_s3(text):
+        bucket, key = split_s3(text)
+        return key.rstrip("/").rsplit("/", 1)[-1] or bucket
+    if is_url(text):
+        parts = urlsplit(text)
+        name = unquote(parts.path.rstrip("/").rsplit("/", 1)[-1], errors="replace")
+        return name or parts.hostname or "download"
+    return Path(text).name
 
 
 def name_problem(name: str) -> str | None:
@@ -83,12 +174,14 @@ def path_to_db(path: str | Path) -> str:
 
 
 def path_from_db(stored: str) -> Path:
-    """The path that ``path_to_db`` stored."""
+    """The path that ``path_to_db`` stored (never call it on a remote reference: see ``is_remote``)."""
     if stored.startswith(_RAW_PREFIX):
         return Path(os.fsdecode(base64.b64decode(stored[len(_RAW_PREFIX):])))
     return Path(stored)
 
 
 def display_stored_path(stored: str) -> str:
-    """A stored path as people should see it (see ``display_name``)."""
+    """A stored path (or object URI, or URL, shown as it is) as people should see it (see ``display_name``)."""
+    if is_remote(stored):
+        return stored
     return display_name(str(path_from_db(stored)))

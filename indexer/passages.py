@@ -6,9 +6,9 @@ most ``MAX_WINDOW_S`` (a long pause ends a thought), and the whole transcript (w
 sentence encoder reads its first 256 tokens). Scoring takes the best passage per video; the moment shown and
 played is the best *local* passage (up to ``MAX_WINDOW`` segments), never the whole transcript.
 
-On-screen text (``indexer.ocr`` spans, ``source`` = ``screen``) is cut the same way but on its own, after the
+On-screen text (``indexer.inference.ocr`` spans, ``source`` = ``screen``) is cut the same way but on its own, after the
 speech segments (idx n..n+m-1): a slide's lines read together, but never with what is said over them, because
-each source scores its own search channel (``indexer.search``).
+each source scores its own search channel (``indexer.search.service``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .catalog import to_blob
-from .db import SCREEN, SPEECH, Passage, Segment
-from .text import normalize
+from indexer.enums import Source
+from indexer.storage.catalog import to_blob
+from indexer.storage.db import Passage, Segment
+from indexer.text import normalize
 
 MAX_WINDOW = 3  # segments in the longest local passage
 MAX_WINDOW_S = 30.0  # a window longer than this (a pause inside) is not a passage
@@ -33,7 +34,7 @@ class Span:
     start: float
     end: float
     text: str
-    source: str = SPEECH
+    source: str = Source.SPEECH
 
     @property
     def local(self) -> bool:
@@ -75,7 +76,7 @@ def embed(sentences, items: Sequence[str], normalized: bool) -> np.ndarray:
 
 def screen_spans(speech_count: int, screen: Sequence[tuple[float, float, str]]) -> list[Span]:
     """The passages of on-screen text segments that follow ``speech_count`` speech segments of the same video."""
-    return [Span(s.first + speech_count, s.last + speech_count, s.start, s.end, s.text, SCREEN)
+    return [Span(s.first + speech_count, s.last + speech_count, s.start, s.end, s.text, Source.SCREEN)
             for s in spans(screen)]
 
 
@@ -91,9 +92,9 @@ class EmbeddedTranscript:
     def rows(self) -> tuple[list, list]:
         """The ``Segment`` and ``Passage`` rows of a video (without ``video_id``: append them to the video)."""
         n = len(self.segments)
-        segments = [Segment(idx=i, start_s=start, end_s=end, text=text, source=SPEECH)
+        segments = [Segment(idx=i, start_s=start, end_s=end, text=text, source=Source.SPEECH)
                     for i, (start, end, text) in enumerate(self.segments)]
-        segments += [Segment(idx=n + i, start_s=start, end_s=end, text=text, source=SCREEN)
+        segments += [Segment(idx=n + i, start_s=start, end_s=end, text=text, source=Source.SCREEN)
                      for i, (start, end, text) in enumerate(self.screen)]
         passages = [Passage(first_idx=s.first, last_idx=s.last, start_s=s.start, end_s=s.end, embedding=to_blob(v),
                             source=s.source)

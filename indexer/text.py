@@ -17,6 +17,7 @@ import json
 import re
 from collections.abc import Iterable
 from importlib.resources import files
+from pathlib import Path
 
 __all__ = ["MAX_QUERY_TERMS", "STOP_WORDS", "content_terms", "normalize", "stem", "terms", "word_spans", "words"]
 
@@ -41,10 +42,31 @@ STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
 
 @functools.cache
 def _normalizer():
-    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
-
     spellings = json.loads(files("whisper_normalizer").joinpath("normalizers/english.json").read_text("utf-8"))
-    return EnglishTextNormalizer(spellings)
+    return _english_normalizer_module().EnglishTextNormalizer(spellings)
+
+
+def _english_normalizer_module():
+    """``transformers.models.whisper.english_normalizer``, loaded from its file on its own: the module needs only
+    the standard library and ``regex``, while importing it through the ``transformers`` package first imports the
+    package (about 1 s, in every command-line search)."""
+    import importlib.util
+    import sys
+
+    name = "save_search_whisper_english_normalizer"
+    if name in sys.modules:
+        return sys.modules[name]
+    package = importlib.util.find_spec("transformers")
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("transformers is not installed")
+    path = Path(next(iter(package.submodule_search_locations))) / "models" / "whisper" / "english_normalizer.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @functools.lru_cache(maxsize=65536)

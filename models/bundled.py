@@ -169,7 +169,7 @@ class _Resource:
 
     def open(self) -> BinaryIO:
         assert self.traversable is not None
-        return self.traversable.open("rb")
+        return self.traversable.open("rb")  # type: ignore[return-value]  # a binary file object, typed IO[bytes]
 
     def describe(self) -> dict:
         return {

@@ -10,11 +10,22 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 AudioEncoderType = Literal["ast", "whisper"]
+
+
+
+class ModelMode(StrEnum):
+    """What a video embedding is: a trained SAVE model's (fused), plain CLIP frames (no checkpoint), or none
+    (``speech``: no visual weights; transcripts alone are searched)."""
+
+    SAVE_FUSED = "save-fused"
+    ZERO_SHOT_CLIP = "zero-shot-clip"
+    SPEECH = "speech"
 
 
 @dataclass

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .config import SAVEConfig, get_config
-from .factory import ModelInfo, build_audio_encoder, build_clip, freeze_audio_encoder
-from .save import SAVEModel
+from models.config import SAVEConfig, get_config
+from models.pretrained import build_audio_encoder, build_clip, freeze_audio_encoder
+from models.save import ModelInfo, SAVEModel
 
 # Keys present in the authors' checkpoints that carry nothing our model uses.
 IGNORED_KEY_PATTERNS = [

@@ -28,8 +28,9 @@ import re
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from io import BufferedReader
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ logger = logging.getLogger(__name__)
 SUPPORTED_BINARY_VERSIONS = range(1, 7)
 # Order of CTranslate2's DataType enum (include/ctranslate2/types.h, _dtype_to_type_id).
 _DTYPE_IDS = ("float32", "int8", "int16", "int32", "float16", "bfloat16")
-_NUMPY_DTYPES = {
+_NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "float32": np.dtype("<f4"),
     "int8": np.dtype("i1"),
     "int16": np.dtype("<i2"),
@@ -175,7 +176,7 @@ def _dequantize(name: str, value: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 
 class _Reader:
-    def __init__(self, f: BinaryIO, size: int, path: Path) -> None:
+    def __init__(self, f: BufferedReader, size: int, path: Path) -> None:
         self.f, self.size, self.path = f, size, path
 
     def _read(self, n: int) -> bytes:
@@ -229,7 +230,7 @@ class _Reader:
         here = self.f.tell()
         self.f.seek(entry.offset)
         raw = np.empty(math.prod(entry.shape), dtype=_NUMPY_DTYPES[entry.dtype])
-        if self.f.readinto(memoryview(raw).cast("B")) != entry.num_bytes:
+        if self.f.readinto(raw.data.cast("B")) != entry.num_bytes:
             raise CT2FormatError(f"{self.path}: truncated inside {entry.name!r}")
         self.f.seek(here)
         if entry.dtype == "bfloat16":
@@ -389,7 +390,7 @@ def whisper_encoder_from_ct2_variables(
     encoder.load_state_dict(state, strict=True, assign=True)
     # embed_positions is frozen in Whisper (sinusoids); keep that after assign= replaced it.
     encoder.embed_positions.requires_grad_(False)
-    return encoder.to(dtype).eval()
+    return encoder.to(dtype).eval()  # type: ignore[arg-type]  # transformers' to() is typed for devices only
 
 
 def whisper_encoder_from_ct2(

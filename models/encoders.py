@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from transformers import ASTConfig, ASTModel, CLIPConfig, CLIPModel, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .config import AudioSpec, ClipSpec
+from models.config import AudioSpec, ClipSpec
 
 
 def clip_config_from_spec(spec: ClipSpec) -> CLIPConfig:

@@ -5,26 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import ASTModel, CLIPModel, WhisperModel
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .config import AudioSpec, ClipSpec, SAVEConfig, get_config
-from .encoders import (
-    ASTAudioEncoder,
-    AudioEncoder,
-    WhisperAudioEncoder,
-    ast_config_from_spec,
-    clip_config_from_spec,
-    whisper_config_from_spec,
-)
-from .save import ModelInfo, SAVEModel
+from models.config import SAVEConfig, get_config
+from models.convert import load_authors_checkpoint
+from models.pretrained import build_audio_encoder, build_clip, freeze_audio_encoder
+from models.save import ModelInfo, SAVEModel
 
 log = logging.getLogger(__name__)
 
@@ -37,96 +27,6 @@ FORMAT_VERSION = 1
 ZERO_SHOT_NOTE = ("no trained SAVE checkpoint loaded: the video representation is the plain CLIP frame features "
                   "(no position embedding, no fusion) and scores are zero-shot CLIP; audio and speech do not "
                   "change visual scores until a trained checkpoint is loaded")
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be loaded (no hub access, missing folder, wrong architecture)."""
-
-
-def _check_dims(kind: str, source: str, expected: dict[str, Any], loaded: Any) -> None:
-    wrong = {k: (v, getattr(loaded, k, None)) for k, v in expected.items()
-             if k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                      "patch_size", "image_size", "d_model", "encoder_layers", "num_mel_bins")
-             and getattr(loaded, k, v) != v}
-    if wrong:
-        details = ", ".join(f"{k}: config {a} vs weights {b}" for k, (a, b) in wrong.items())
-        raise WeightsUnavailableError(f"{kind} weights at {source!r} do not match the model config ({details})")
-
-
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """A quick look before asking the hub: without it, transformers retries for ~30 s before failing."""
-    endpoint = os.environ.get("HF_ENDPOINT", f"https://{host}")
-    host = endpoint.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def from_pretrained(cls: Any, source: str, **kwargs: Any) -> Any:
-    """``cls.from_pretrained`` for a hub id or a local folder: the cache first, then the hub if it answers."""
-    if Path(source).expanduser().is_dir():
-        return cls.from_pretrained(str(Path(source).expanduser()), **kwargs)
-    try:
-        return cls.from_pretrained(source, local_files_only=True, **kwargs)
-    except OSError:
-        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or not _hub_reachable():
-            raise OSError(f"{source!r} is not a local folder, not in the Hugging Face cache, and the hub "
-                          "cannot be reached (offline?)") from None
-    return cls.from_pretrained(source, **kwargs)
-
-
-def build_clip(spec: ClipSpec, pretrained: bool) -> CLIPModel:
-    if not (pretrained and spec.source):
-        return CLIPModel(clip_config_from_spec(spec))
-    try:
-        model = from_pretrained(CLIPModel, spec.source)
-    except (OSError, ValueError) as exc:
-        raise WeightsUnavailableError(f"cannot load CLIP weights from {spec.source!r}: {exc}") from exc
-    _check_dims("CLIP text", spec.source, spec.text_config, model.config.text_config)
-    _check_dims("CLIP vision", spec.source, spec.vision_config, model.config.vision_config)
-    return model
-
-
-def _whisper_encoder_from_source(source: str) -> WhisperEncoder:
-    from .bundled import resolve_whisper_model
-
-    resolved = resolve_whisper_model(source)
-    folder = Path(resolved)
-    if (folder / "model.bin").is_file():  # a CTranslate2 (faster-whisper) model folder
-        from .ctranslate2_whisper import whisper_encoder_from_ct2
-
-        return whisper_encoder_from_ct2(folder)
-    return from_pretrained(WhisperModel, resolved).get_encoder()
-
-
-def build_audio_encoder(spec: AudioSpec, pretrained: bool) -> AudioEncoder:
-    load = pretrained and spec.source
-    if spec.type == "ast":
-        if not load:
-            return ASTAudioEncoder(ASTModel(ast_config_from_spec(spec)))
-        try:
-            # timm's AST uses LayerNorm eps 1e-6 (reference §1.1); transformers' AST config says 1e-12.
-            model = from_pretrained(ASTModel, spec.source, layer_norm_eps=spec.config.get("layer_norm_eps", 1e-6))
-        except (OSError, ValueError) as exc:
-            raise WeightsUnavailableError(f"cannot load AST weights from {spec.source!r}: {exc}") from exc
-        _check_dims("AST", spec.source, spec.config, model.config)
-        return ASTAudioEncoder(model)
-    if not load:
-        return WhisperAudioEncoder(WhisperEncoder(whisper_config_from_spec(spec)))
-    try:
-        encoder = _whisper_encoder_from_source(spec.source)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise WeightsUnavailableError(f"cannot load Whisper encoder weights from {spec.source!r}: {exc}") from exc
-    _check_dims("Whisper encoder", spec.source, spec.config, encoder.config)
-    return WhisperAudioEncoder(encoder)
-
-
-def freeze_audio_encoder(model: SAVEModel) -> None:
-    """The audio backbone is frozen except its final LayerNorm (reference §5.1)."""
-    for name, param in model.audio_encoder.named_parameters():
-        param.requires_grad = name.startswith("model.layernorm.") or name.startswith("model.layer_norm.")
 
 
 def create_model(
@@ -206,7 +106,5 @@ def load_model(
     if is_checkpoint(path):
         return load_checkpoint(path, device)
     if path.is_file() and path.suffix in (".bin", ".pt", ".pth") or path.name.startswith("pytorch_model.bin"):
-        from .convert import load_authors_checkpoint
-
         return load_authors_checkpoint(path, device=device)
     return create_model(spec, pretrained=True, clip_source=clip_source, audio_source=audio_source, device=device)

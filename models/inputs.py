@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .media import read_audio, read_frames
-from .preprocess import (
+from models.media import read_audio, read_frames
+from models.preprocess import (
     AUDIO_SAMPLE_RATE,
     MAX_FRAMES,
     MAX_WORDS,

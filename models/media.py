@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import av
 import av.error
@@ -90,6 +91,74 @@ def probe_video_frames(path: PathLike) -> tuple[int, float]:
         return _fps_and_count(container, stream)
 
 
+TIME_EPS = 1e-3
+MAX_PENDING = 2000  # packets held undecoded at most (a group of pictures longer than that is decoded as it comes)
+
+
+def frames_at(container: Any, stream: Any, times: Sequence[float], path: PathLike | str = "",
+          decoded: Callable[[int], None] | None = None) -> Iterator[tuple[float, av.VideoFrame]]:
+    """The first frame shown at or after each of ``times`` (ascending), with its time; times that fall on
+    the same frame give it once; ``decoded(n)`` is told how many frames the decoder produced each time.
+
+    Decodes forward through the file, but only what the next wanted frame depends on (bench/ocr_bench.py
+    ``--long`` chose this over seeking; the OCR's sampling and ``read_frames`` use it): packets are read (cheap)
+    and kept since the last key frame, a key frame at or before the wanted time drops them (the group of pictures
+    before it cannot hold the frame),
+    and they are decoded only once a packet shown at or after the wanted time arrives. Frames shown before
+    it that no other frame refers to (most B-frames) are not decoded at all. No seek: a file without key
+    frame flags or timestamps is decoded forward in full, as a plain decode would.
+    """
+    codec = stream.codec_context
+    pending: list[Any] = []  # packets since the last key frame, not yet given to the decoder
+    live = False  # the decoder is being fed every packet until the wanted frame comes out
+    i, n = 0, len(times)
+
+    def decode(packet: Any, target: float) -> list[av.VideoFrame]:
+        shown = _packet_time(packet) if packet is not None else None
+        skip = "NONREF" if shown is not None and shown < target - TIME_EPS else "DEFAULT"
+        if codec.skip_frame != skip:
+            codec.skip_frame = skip
+        frames = packet.decode() if packet is not None else stream.decode(None)
+        if decoded is not None:
+            decoded(len(frames))
+        return frames
+
+    try:
+        for packet in container.demux(stream):
+            if i >= n:
+                break
+            target = times[i]
+            end = packet.size == 0  # the flush packets after the last one
+            shown = _packet_time(packet)
+            if packet.is_keyframe and not live and shown is not None and shown <= target + TIME_EPS:
+                pending.clear()
+            frames: list[av.VideoFrame] = []
+            if live or end or shown is None or shown >= target - TIME_EPS or len(pending) >= MAX_PENDING:
+                for held in pending:
+                    frames += decode(held, target)
+                pending.clear()
+                live = live or end or shown is None or shown >= target - TIME_EPS
+                frames += decode(None if end else packet, target)
+            else:
+                pending.append(packet)
+            for frame in frames:
+                if frame.time is None or i >= n or frame.time + TIME_EPS < times[i]:
+                    continue
+                while i < n and times[i] <= frame.time + TIME_EPS:
+                    i += 1
+                live = False
+                yield round(float(frame.time), 3), frame
+    except av.error.FFmpegError as e:
+        log.warning("%s: decoding stopped at frame %d of %d wanted: %s", path, i, n, e)
+
+
+def _packet_time(packet: Any) -> float | None:
+    """When a packet's frame is shown (seconds), or None when the container does not say."""
+    if packet.pts is None or packet.time_base is None:
+        return None
+    return float(packet.pts * packet.time_base)
+
+
 def _decode_selected(path: PathLike, wanted: list[int]) -> tuple[list[np.ndarray], int]:
     """Decode the video sequentially, converting only frames whose index is in ``wanted``.
 
@@ -121,14 +190,20 @@ def _decode_selected(path: PathLike, wanted: list[int]) -> tuple[list[np.ndarray
 def read_frames(path: PathLike, max_frames: int = MAX_FRAMES) -> list[np.ndarray]:
     """The frames the model sees (HxWx3 uint8 RGB, at most ``max_frames``), chosen like the authors.
 
-    Indices come from :func:`models.preprocess.sample_frame_indices` on the probed frame count. If the
-    file holds fewer frames than its metadata says, the selection is recomputed from the real count
-    and the file decoded once more, so the result equals sampling the frames that actually exist.
+    Indices come from :func:`models.preprocess.sample_frame_indices` on the probed frame count. Where frame i is
+    shown at i / fps (a constant rate), only the groups of pictures that hold the chosen frames are decoded
+    (:func:`frames_at`: a 2-hour video costs a dozen groups, not every frame); otherwise, or when a frame found
+    that way is not the one at the chosen index, the video is decoded frame by frame. If the file holds fewer
+    frames than its metadata says, the selection is recomputed from the real count and the file decoded once
+    more, so the result equals sampling the frames that actually exist.
     """
     frame_count, fps = probe_video_frames(path)
     if frame_count <= 0:
         frame_count = _count_frames(path)  # no usable metadata: count by decoding
     wanted = sample_frame_indices(frame_count, fps, max_frames)
+    by_time = _frames_by_time(path, wanted, fps)
+    if by_time is not None:
+        return by_time
     frames, decoded = _decode_selected(path, wanted)
     if len(frames) < len(wanted):
         # Decoding ended before the last wanted index, so ``decoded`` is the real frame count.
@@ -137,6 +212,28 @@ def read_frames(path: PathLike, max_frames: int = MAX_FRAMES) -> list[np.ndarray
     if not frames:
         raise MediaError(path, "no decodable video frames")
     return frames
+
+
+def _frames_by_time(path: PathLike, wanted: list[int], fps: float) -> list[np.ndarray] | None:
+    """The frames at indices ``wanted``, found by their presentation time (index / fps after the stream's start)
+    and decoded with :func:`frames_at`; None when a frame found is not the one at its index (a variable frame
+    rate, missing timestamps, a short file) or anything goes wrong, so the caller decodes frame by frame."""
+    if not wanted or fps <= 0:
+        return None
+    try:
+        with _open(path) as container:
+            stream = _video_stream(container, path)
+            stream.thread_type = "AUTO"
+            base = stream.time_base
+            start = float(stream.start_time * base) if stream.start_time is not None and base is not None else 0.0
+            times = [start + i / fps for i in wanted]
+            found = list(frames_at(container, stream, times, path))
+            if len(found) != len(wanted) or any(round((t - start) * fps) != i for (t, _), i in zip(found, wanted,
+                                                                                                  strict=True)):
+                return None
+            return [frame.to_ndarray(format="rgb24") for _, frame in found]
+    except (av.error.FFmpegError, MediaError, OverflowError, ZeroDivisionError, TypeError):
+        return None
 
 
 def _count_frames(path: PathLike) -> int:

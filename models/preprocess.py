@@ -402,7 +402,7 @@ def clip_tokenizer() -> CLIPTokenizer:
     from transformers import CLIPTokenizer
 
     vocab, merges = _clip_vocab_and_merges()
-    return CLIPTokenizer(vocab=vocab, merges=list(merges))
+    return CLIPTokenizer(vocab=vocab, merges=list(merges))  # type: ignore[arg-type]  # pairs work; typed as str
 
 
 # The `regex` module, as OpenAI does: its \s (Unicode White_Space) differs from `re`'s for a few controls.

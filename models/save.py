@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import CLIPModel
 
-from .config import SAVEConfig
-from .encoders import ASTAudioEncoder, AudioEncoder, ClipEncoders
-from .fusion import AudioResampler, GatedFusionTransformer
-from .similarity import masked_mean_pool, save_similarity, zero_shot_similarity
+from models.config import ModelMode, SAVEConfig
+from models.encoders import ASTAudioEncoder, AudioEncoder, ClipEncoders
+from models.fusion import AudioResampler, GatedFusionTransformer
+from models.similarity import masked_mean_pool, save_similarity, zero_shot_similarity
 
 # clip.logit_scale is clamped to ln(100) after every optimiser step (reference §5.3).
 MAX_LOGIT_SCALE = float(torch.log(torch.tensor(100.0)))
@@ -38,8 +38,8 @@ class ModelInfo:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def mode(self) -> str:
-        return "save-fused" if self.fusion_enabled else "zero-shot-clip"
+    def mode(self) -> ModelMode:
+        return ModelMode.SAVE_FUSED if self.fusion_enabled else ModelMode.ZERO_SHOT_CLIP
 
     def version(self) -> str:
         """Stable identifier of the embedding space (changes whenever embeddings would)."""
@@ -112,8 +112,9 @@ class SAVEModel(nn.Module):
             for sub in module.modules():
                 if isinstance(sub, nn.Linear | nn.Embedding):
                     sub.weight.normal_(0.0, 0.02)
-                    if getattr(sub, "bias", None) is not None:
-                        sub.bias.zero_()
+                    bias = getattr(sub, "bias", None)
+                    if bias is not None:
+                        bias.zero_()
                 elif isinstance(sub, nn.MultiheadAttention):
                     nn.init.xavier_uniform_(sub.in_proj_weight)
                     sub.in_proj_bias.zero_()
@@ -136,7 +137,7 @@ class SAVEModel(nn.Module):
         for blocks, count in targets:
             for j in range(count):
                 src = text.encoder.layers[j]
-                dst = blocks[j]
+                dst: Any = blocks[j]  # a ResamplerBlock or GatedFusionBlock: attn, ln_1, ln_2, mlp
                 attn = src.self_attn
                 dst.attn.in_proj_weight.copy_(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
                 dst.attn.in_proj_bias.copy_(torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))

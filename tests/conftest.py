@@ -82,7 +82,7 @@ def fresh_db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
 @pytest.fixture
 def db_url(fresh_db_url: str) -> str:
     """A fresh database per test, migrated to head, on each backend."""
-    from indexer.migrate import init_db
+    from indexer.storage.migrate import init_db
 
     init_db(fresh_db_url)
     return fresh_db_url
@@ -135,3 +135,73 @@ def milvus_uri(tmp_path_factory) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def save_search_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One data home for the session, so the bundled model is joined once (and not in ~)."""
+    home = tmp_path_factory.mktemp("save-search-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAVE_SEARCH_HOME", str(home))
+        yield home
+
+
+# Credentials and region for the S3 test endpoint (moto accepts any); the machine's own AWS files are not read.
+S3_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+               "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> Iterator[str]:
+    """moto's standalone S3 server (``moto[server]``), a real HTTP endpoint on a free local port, for the whole
+    session: several processes can use it at once, as they would MinIO or AWS. Tests keep apart by bucket name."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    try:
+        import moto.server  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"moto[server] is not installed ({exc}); pip install -e '.[dev]'")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                pytest.fail(f"moto's S3 server did not start: {log.read_text()[-2000:]}", pytrace=False)
+            time.sleep(0.2)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """This process pointed at the S3 test endpoint the standard AWS way (``AWS_ENDPOINT_URL`` and credentials);
+    the same variables, returned, point child processes at it."""
+    env = {**S3_TEST_ENV, "AWS_ENDPOINT_URL": s3_endpoint}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def bucket(s3_env: dict[str, str]) -> str:
+    """A new, empty bucket on the S3 test endpoint."""
+    import boto3
+
+    name = f"test-{secrets.token_hex(6)}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name

@@ -15,19 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.asr import (
-    DEFAULT_MIN_LANGUAGE_PROBABILITY,
+from indexer.inference.asr import (
     SAMPLE_RATE,
     TOKENS_PER_SPEECH_SECOND,
     Transcriber,
     Transcript,
     _chunks,
     _quietest_cut,
-    decide_language,
     resolve_compute_type,
     token_cap,
 )
-from indexer.asr_quality import corpus_wer, normalize_text, word_edits, word_error_rate
+from indexer.inference.asr_quality import corpus_wer, normalize_text, word_edits, word_error_rate
+from indexer.inference.language import DEFAULT_MIN_LANGUAGE_PROBABILITY, decide_language
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "data" / "media"
 SPEECH = MEDIA / "speech"
@@ -125,15 +124,6 @@ def test_silence_is_no_speech(transcriber: Transcriber, tmp_path: Path) -> None:
 
 
 # -- real speech ------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def save_search_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One data home for the session, so the bundled model is joined once (and not in ~)."""
-    home = tmp_path_factory.mktemp("save-search-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SAVE_SEARCH_HOME", str(home))
-        yield home
-
 
 @pytest.fixture(scope="session")
 def transcriber(save_search_home: Path) -> Transcriber:
@@ -256,20 +246,35 @@ def test_language_hard_case_short_excerpts(transcriber: Transcriber, english_tra
 @needs_speech
 @pytest.mark.slow
 def test_confident_english_costs_no_extra_decode(transcriber: Transcriber, monkeypatch) -> None:
-    """jfk.flac is detected as English with p ~ 1: no candidate language is decoded, only English."""
-    calls: list[str | None] = []
-    real = transcriber.model.transcribe
+    """jfk.flac is detected as English with p ~ 1: no candidate language is decoded, only English, in one batched
+    call (and no stretch of speech is left without words to decode again)."""
+    detections: list[int] = []
+    clips: list[str | None] = []
+    spans: list[str | None] = []
+    detect, decode_clips, decode_span = transcriber.model.detect_language, transcriber._decode_clips, \
+        transcriber._decode_span
 
-    def spy(audio, **kwargs):
-        calls.append(kwargs.get("language"))
-        return real(audio, **kwargs)
+    def spy_detect(**kwargs):
+        detections.append(1)
+        return detect(**kwargs)
 
-    monkeypatch.setattr(transcriber.model, "transcribe", spy)
+    def spy_clips(audio, batch, language):
+        clips.append(language)
+        return decode_clips(audio, batch, language)
+
+    def spy_span(audio, a, b, language):
+        spans.append(language)
+        return decode_span(audio, a, b, language)
+
+    monkeypatch.setattr(transcriber.model, "detect_language", spy_detect)
+    monkeypatch.setattr(transcriber, "_decode_clips", spy_clips)
+    monkeypatch.setattr(transcriber, "_decode_span", spy_span)
     t = transcriber.transcribe(SPEECH / "jfk.flac")
     assert t.language == "en" and t.language_method == "detected" and not t.redecoded
     assert t.language_probability >= DEFAULT_MIN_LANGUAGE_PROBABILITY
-    # detection (language None, nothing decoded yet: the segments are lazy), then the capped English decode
-    assert calls == [None, "en"], calls
+    assert (detections, clips, spans) == ([1], ["en"], [])
+    assert t.speech_seconds > 9 and t.transcribed_seconds >= 0.98 * t.speech_seconds
+    assert t.redecoded_regions == t.empty_regions == 0
 
 
 @needs_speech
@@ -362,7 +367,7 @@ def test_from_settings(save_search_home: Path) -> None:
     t = Transcriber.from_settings(settings)
     assert t.expected_languages == ("en", "de") and t.beam_size == 2
     assert t.min_language_probability == 0.7 and t.chunk_seconds == 120.0 and t.multilingual
-    assert Settings().language_min_probability == DEFAULT_MIN_LANGUAGE_PROBABILITY  # one default, two places
+    assert Settings().asr.language_min_probability == DEFAULT_MIN_LANGUAGE_PROBABILITY  # one default, two places
     with pytest.raises(ValueError, match="unknown language"):
         Transcriber.from_settings(settings, expected_languages=["english"])
 
@@ -401,24 +406,30 @@ def test_token_cap_scales_with_speech() -> None:
 @needs_speech
 @pytest.mark.slow
 def test_music_kept_by_vad_decodes_with_a_bounded_token_budget(transcriber: Transcriber, monkeypatch) -> None:
-    """bigbuckbunny.mp4 is music that the VAD keeps ~3 s of; uncapped, Whisper loops on "Hmmm" to 448 tokens at
-    every fallback temperature. The decode that produces the transcript gets a cap scaled to the speech found,
-    while real speech (jfk, 11 s) still comes out whole under its own cap."""
+    """bigbuckbunny.mp4 is music that the VAD keeps ~3 s of; uncapped, Whisper loops on "Hmmm" to 448 tokens. Every
+    decode gets a cap scaled to the clip it decodes (batched clips and stretches decoded again alike), while real
+    speech (jfk, 11 s) still comes out whole under its own cap."""
     calls: list[dict] = []
     real = transcriber.model.transcribe
+    batched = transcriber.batched.transcribe
 
     def spy(audio, **kwargs):
-        segments, info = real(audio, **kwargs)
-        calls.append({"cap": kwargs.get("max_new_tokens"), "speech_s": info.duration_after_vad})
-        return segments, info
+        calls.append({"cap": kwargs.get("max_new_tokens"), "seconds": len(audio) / SAMPLE_RATE})
+        return real(audio, **kwargs)
+
+    def spy_batched(audio, **kwargs):
+        longest = max(c["end"] - c["start"] for c in kwargs["clip_timestamps"])
+        calls.append({"cap": kwargs.get("max_new_tokens"), "seconds": longest})
+        return batched(audio, **kwargs)
 
     monkeypatch.setattr(transcriber.model, "transcribe", spy)
+    monkeypatch.setattr(transcriber.batched, "transcribe", spy_batched)
     music = transcriber.transcribe(MEDIA / "video" / "bigbuckbunny.mp4")
-    assert 0 < calls[-1]["speech_s"] < 10 and calls[-1]["cap"] == token_cap(calls[-1]["speech_s"]) < 448
+    assert calls and all(c["cap"] == token_cap(c["seconds"]) and c["seconds"] < 10 for c in calls), calls
     assert len(music.text) < 100, music.text  # no runaway repetition made it into the transcript
     calls.clear()
     jfk = transcriber.transcribe(SPEECH / "jfk.flac")
-    assert calls[-1]["cap"] == token_cap(calls[-1]["speech_s"])
+    assert calls and all(c["cap"] == token_cap(c["seconds"]) for c in calls)
     assert "ask not what your country can do for you" in jfk.text.lower()
     assert jfk.text.lower().rstrip(".").endswith("for your country")
 

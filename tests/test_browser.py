@@ -407,3 +407,37 @@ def test_h_on_screen_match_is_labelled_and_listed(page, server, tmp_path):
     assert page.locator("#screen-heading").is_visible() and "revenue" in shown.first.inner_text().lower()
     assert page.locator("#transcript-status").inner_text() == "This video has no transcript (no speech)."
     shot(page, "h2-on-screen-player")
+
+
+def test_i_each_moment_plays_from_its_start(page, server, tmp_path):
+    """A sentence said twice (the jfk recording, 3 s of silence, the recording again): the card lists the best
+    moment and, under it, the other one; clicking that second moment plays the video from there."""
+    import numpy as np
+
+    from tests.media_fixtures import read_mono_16k
+
+    jfk = read_mono_16k(MEDIA / "speech" / "jfk.flac")
+    twice = speech_video(np.concatenate([jfk, np.zeros(3 * 16000, np.float32), jfk]), tmp_path / "jfk-twice.mp4")
+    with twice.open("rb") as f:
+        accepted = httpx.post(f"{server}/v1/videos", files={"file": ("jfk-twice.mp4", f, "video/mp4")},
+                              timeout=60).json()
+    assert wait_for_job(lambda path: httpx.get(server + path).json(), accepted["job_id"],
+                        timeout=2 * INGEST_TIMEOUT_MS / 1000, poll=0.5)["status"] == "done"  # twice jfk's audio
+    found = httpx.get(f"{server}/v1/search", params={"q": PARAPHRASE}).json()["results"]
+    moments = next(r for r in found if r["filename"] == "jfk-twice.mp4")["moments"]
+    assert len(moments) >= 2 and abs(moments[1]["start"] - moments[0]["start"]) > 10, moments  # one each time
+    page.goto(f"/?q={PARAPHRASE.replace(' ', '+')}")
+    card = page.locator(".card", has_text="jfk-twice.mp4").first
+    card.wait_for()
+    others = card.locator(".more-moments button.other-moment")
+    assert others.count() == len(moments) - 1
+    assert "country" in others.first.inner_text().lower() and others.first.locator("mark").count()
+    shot(page, "i1-moments")
+    second = moments[1]["start"]
+    others.first.click()
+    page.locator("#player").wait_for(state="visible")
+    page.wait_for_function(f"(() => {{ const v = document.getElementById('video');"
+                           f" return v.readyState >= 1 && v.currentTime >= {second - 0.5}; }})()")
+    t = page.evaluate("document.getElementById('video').currentTime")
+    assert second - 0.5 <= t < second + 5, (t, second)  # from the second saying, not the first
+    shot(page, "i2-second-moment-playing")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.asr import MIN_CLAUSE_S, clause_pieces
+from indexer.inference.asr import MIN_CLAUSE_S, clause_pieces
 
 
 @dataclass
@@ -51,7 +51,7 @@ def test_sonnet_lines_become_pieces_near_their_timings() -> None:
     starts of sonnet.json have a piece starting within 1 s."""
     import json
 
-    from indexer.asr import Transcriber
+    from indexer.inference.asr import Transcriber
 
     lines = json.loads((MEDIA / "speech" / "sonnet" / "sonnet.json").read_text())["fragments"]
     starts = [float(f["begin"]) for f in lines[1:]]  # the first fragment is the spoken title "1"

@@ -75,8 +75,8 @@ def test_save2_uses_the_bundled_whisper_encoder_offline(tmp_path, monkeypatch):
     from faster_whisper.audio import decode_audio
 
     from models.config import get_config
-    from models.factory import build_audio_encoder, build_clip, freeze_audio_encoder
     from models.inputs import audio_features
+    from models.pretrained import build_audio_encoder, build_clip, freeze_audio_encoder
     from models.save import SAVEModel
 
     cfg = get_config("save2-b32")

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from indexer.db import JobItem, Passage, Video, make_engine, session_factory
-from indexer.store import FeatureRef, FeatureStore, load_snapshot
+from indexer.storage.db import JobItem, Passage, Video, make_engine, session_factory
+from indexer.storage.shards import FeatureRef, FeatureStore
+from indexer.storage.snapshots import load_snapshot
 from tests.media_fixtures import MEDIA, speech_video
 
 pytestmark = pytest.mark.skipif(not MEDIA.exists(), reason=f"real test media not found at {MEDIA}")

@@ -17,11 +17,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from indexer.db import SPEECH, Base, Passage, Segment, Video, make_engine, session_factory
-from indexer.migrate import PG_FTS_INDEX, current_revision, head_revision, include_object, init_db
+from indexer.enums import Source
+from indexer.search.fulltext import SegmentHit, document_frequencies, search_segments
+from indexer.storage.db import Base, Passage, Segment, Video, make_engine, session_factory
+from indexer.storage.migrate import PG_FTS_INDEX, current_revision, head_revision, include_object, init_db
 from indexer.text import content_terms, terms, word_spans
-from indexer.transcripts import SegmentHit, document_frequencies, search_segments
 from tests.helpers import migrate_to
+
+SPEECH, SCREEN = Source.SPEECH, Source.SCREEN
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,7 +123,7 @@ def test_current_revision_of_empty_database_is_none(fresh_db_url: str) -> None:
 
 
 def test_migrations_twice_are_a_noop(db_url: str, engine: Engine) -> None:
-    assert current_revision(db_url) == head_revision() == "0004"
+    assert current_revision(db_url) == head_revision() == "0005"
     before = _schema_snapshot(engine)
     with session_factory(engine)() as s:
         s.add(_video("c" * 64, ["hello world"]))
@@ -136,7 +139,7 @@ def test_migrations_twice_are_a_noop(db_url: str, engine: Engine) -> None:
 def test_migration_0003_keeps_an_old_collection_searchable(fresh_db_url: str) -> None:
     """A collection made before passages: segment embeddings become one-segment passages, full text moves to the
     normalised text, and the collection is flagged for `reindex --text`; downgrading restores the old shape."""
-    from indexer.db import TEXT_REINDEX_NEEDED, Meta
+    from indexer.storage.db import TEXT_REINDEX_NEEDED, Meta
 
     def migrate(target: str, down: bool = False) -> None:
         migrate_to(fresh_db_url, target, down)
@@ -167,7 +170,7 @@ def test_migration_0003_keeps_an_old_collection_searchable(fresh_db_url: str) ->
 @pytest.mark.slow
 def test_concurrent_init_db_from_several_processes(fresh_db_url: str) -> None:
     """Services start together: every process migrates, exactly one does the work, none fails."""
-    code = "import sys; from indexer.migrate import init_db; init_db(sys.argv[1])"
+    code = "import sys; from indexer.storage.migrate import init_db; init_db(sys.argv[1])"
     procs = [
         subprocess.Popen([sys.executable, "-c", code, fresh_db_url], cwd=REPO, stderr=subprocess.PIPE, text=True)
         for _ in range(4)
@@ -318,7 +321,7 @@ def test_highlights_meet_numbers_spellings_and_contractions(query: str, text_: s
 
 @pytest.fixture(scope="module")
 def encoder():
-    from indexer.transcripts import SentenceEncoder
+    from indexer.inference.sentences import SentenceEncoder
 
     return SentenceEncoder()
 
@@ -375,7 +378,7 @@ class _Stub:
     """The few parts of Services that scoring reads."""
 
     def __init__(self, ranking):
-        from indexer.search import SearchService
+        from indexer.search.service import SearchService
 
         self.service = SearchService.__new__(SearchService)
         self.service.ranking = ranking
@@ -386,7 +389,7 @@ def test_best_passage_per_video(session: Session) -> None:
     """Search's per-video speech part: the best passage scores the video; the moment is the best local passage
     (never the whole transcript), the earliest and shortest among equals; single segments only when passages
     are off."""
-    from indexer.search import Ranking
+    from indexer.search.ranking import Ranking
 
     query = np.zeros(384, dtype=np.float32)
     query[0] = 1.0
@@ -397,25 +400,26 @@ def test_best_passage_per_video(session: Session) -> None:
     c = _video("c" * 64, [])
     session.add_all([a, b, c])
     session.commit()
-    scores = _Stub(Ranking(lexical="none")).service._text_scores(session, [a.id, b.id, c.id], "q", query, {})[SPEECH]
+    scores = _Stub(Ranking(lexical="none")).service._text_scores(session, [a.id, b.id, c.id], "q", query,
+                                                                 {})[0][SPEECH]
     assert set(scores) == {a.id, b.id}
     pid = {(p.video_id, p.first_idx, p.last_idx): p.id for p in session.scalars(select(Passage))}
     assert scores[a.id][0] == pytest.approx(0.9, abs=1e-3)  # the whole transcript scores the video...
     assert scores[a.id][1] == pid[(a.id, 1, 1)]  # ...the best single segment is the moment (the default)
     assert scores[b.id][1] == pid[(b.id, 0, 0)]  # equal scores: the earliest
     windows = _Stub(Ranking(lexical="none", moment="passage")).service._text_scores(session, [a.id, b.id], "q",
-                                                                                     query, {})[SPEECH]
+                                                                                     query, {})[0][SPEECH]
     assert windows[a.id] == (pytest.approx(0.9, abs=1e-3), pid[(a.id, 1, 2)])  # the best window, never (0, 3)
     assert windows[b.id][1] == pid[(b.id, 0, 0)]  # equal scores: the earliest, then the shortest
     only_segments = _Stub(Ranking(lexical="none", passages=False)).service
-    scores = only_segments._text_scores(session, [a.id], "q", query, {})[SPEECH]
+    scores = only_segments._text_scores(session, [a.id], "q", query, {})[0][SPEECH]
     assert scores[a.id] == (pytest.approx(0.6, abs=1e-3), pid[(a.id, 1, 1)])
 
 
 def test_lexical_coverage_adds_to_meaning_never_replaces_it(session: Session) -> None:
     """A passage that shares a rare query word but not the meaning gains at most lexical_weight; "max-fulltext"
     (the previous rule) let such a word replace the meaning score."""
-    from indexer.search import Ranking
+    from indexer.search.ranking import Ranking
 
     query = np.zeros(384, dtype=np.float32)
     query[0] = 1.0
@@ -428,12 +432,12 @@ def test_lexical_coverage_adds_to_meaning_never_replaces_it(session: Session) ->
     session.commit()
     q = "gothic script from ancient Rome"
     stub = _Stub(Ranking(lexical="coverage", lexical_weight=0.1)).service
-    scores = stub._text_scores(session, [meaning.id, word.id], q, query, {})[SPEECH]
+    scores = stub._text_scores(session, [meaning.id, word.id], q, query, {})[0][SPEECH]
     assert 0.1 < scores[word.id][0] <= 0.2 + 1e-3 and scores[meaning.id][0] == pytest.approx(0.6, abs=1e-3)
     assert scores[meaning.id][0] > scores[word.id][0]
     seg_id = word.segments[0].id
     old = _Stub(Ranking(lexical="max-fulltext")).service._text_scores(session, [meaning.id, word.id], q, query,
-                                                                       {seg_id: 0.77})[SPEECH]
+                                                                       {seg_id: 0.77})[0][SPEECH]
     assert old[word.id][0] == pytest.approx(0.77) and old[word.id][0] > old[meaning.id][0]
 
 

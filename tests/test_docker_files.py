@@ -203,7 +203,7 @@ def check_python_c(code: str, where: str) -> None:
 def settings_env_names() -> set[str]:
     from indexer.settings import Settings
 
-    return {f"SAVE_SEARCH_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    return {variable for variable, _, _ in Settings().effective()}
 
 
 @cache
@@ -303,10 +303,10 @@ def test_dockerfile_copy_sources_exist_in_the_build_context(dockerfile: Dockerfi
 
 
 def test_dockerfile_copies_the_repo_layout_migrate_py_needs(dockerfile: Dockerfile) -> None:
-    """indexer/migrate.py finds the migrations at <repo root>/alembic: alembic/ must sit beside indexer/ in
+    """indexer/storage/migrate.py finds the migrations at <repo root>/alembic: alembic/ must sit beside indexer/ in
     the folder the project is installed from, and the install must be editable (a regular install would
     resolve that path to site-packages/alembic, the alembic library)."""
-    from indexer.migrate import ALEMBIC_DIR
+    from indexer.storage.migrate import ALEMBIC_DIR
 
     assert ALEMBIC_DIR == ROOT / "alembic" and (ALEMBIC_DIR / "env.py").is_file()
     builder = install_stage(dockerfile)
@@ -562,7 +562,7 @@ def test_dockerignore_keeps_the_context_small_and_complete() -> None:
                  "models/__pycache__", "indexer/x.pyc", "tests", "media"):
         assert ignored(path, patterns), f".dockerignore lets {path} into the build context"
     for path in ("pyproject.toml", "README.md", "alembic.ini", "alembic/env.py", "models/configs/save-b32.json",
-                 "models/assets/bpe_simple_vocab_16e6.txt.gz", "indexer/migrate.py", "app/static"):
+                 "models/assets/bpe_simple_vocab_16e6.txt.gz", "indexer/storage/migrate.py", "app/static"):
         assert not ignored(path, patterns), f".dockerignore drops {path}, which the image needs"
 
 
@@ -715,12 +715,13 @@ def test_compose_gpu_override(compose: dict) -> None:
 
 
 def test_compose_milvus_override(compose: dict) -> None:
-    """docker/compose.milvus.yaml: upstream Milvus standalone (2.5 line: etcd + MinIO + milvus) added, the API and
-    the workers pointed at it with real settings, and started only once it is healthy."""
+    """docker/compose.milvus.yaml: upstream Milvus standalone (2.5 line: etcd + MinIO + milvus) and a MinIO of its
+    own for media added, the API and the workers pointed at them with real settings, started only once they are
+    healthy, and sharing no volume."""
     milvus = load_compose(COMPOSE_MILVUS)
     assert set(milvus) <= {"services", "volumes"}
     added = set(milvus["services"]) - set(compose["services"])
-    assert added == {"etcd", "minio", "milvus"}
+    assert added == {"etcd", "minio", "milvus", "media-store"}
     assert set(milvus["services"]) - added == {"api", "worker"}, "the override extends only the API and workers"
     services = merged_services(override=COMPOSE_MILVUS)
     assert re.fullmatch(r"milvusdb/milvus:v2\.5\.\d+", services["milvus"]["image"])
@@ -731,14 +732,14 @@ def test_compose_milvus_override(compose: dict) -> None:
     assert services["milvus"]["environment"]["MINIO_ADDRESS"] == "minio:9000"
     other = merged_services({"MILVUS_IMAGE": "mirror.example/milvus:v2.5.10"}, override=COMPOSE_MILVUS)
     assert other["milvus"]["image"] == "mirror.example/milvus:v2.5.10", "images can point at a mirror"
-    for name in ("etcd", "minio", "milvus"):
+    for name in ("etcd", "minio", "milvus", "media-store"):
         hc = services[name]["healthcheck"]
         assert hc["test"] and not hc.get("disable"), f"{name}: the services that wait for it need a health check"
         assert "ports" not in services[name], f"{name}: reachable on the compose network only"
     assert {d for d, c in services["milvus"]["depends_on"].items() if c["condition"] == "service_healthy"} == {
         "etcd", "minio"}
     volumes = set(compose.get("volumes") or {}) | set(milvus.get("volumes") or {})
-    for name in ("etcd", "minio", "milvus"):
+    for name in ("etcd", "minio", "milvus", "media-store"):
         for vol in services[name]["volumes"]:
             assert vol.split(":")[0] in volumes, f"{name}: undeclared volume {vol}"
     known = settings_env_names()
@@ -750,7 +751,19 @@ def test_compose_milvus_override(compose: dict) -> None:
         unknown = {k for k in env if k.startswith("SAVE_SEARCH_")} - known
         assert not unknown, f"{name}: not settings (indexer/settings.py): {unknown}"
         assert deps["milvus"]["condition"] == "service_healthy" and "migrate" in deps and "db" in deps
-        assert "/data" in {v.split(":")[1] for v in services[name]["volumes"]}, "media and thumbnails: a volume"
+        # Media in the media-store MinIO, reached the standard AWS way; /data is each container's own (compose
+        # merges volumes by target: this replaces the shared save-data volume of compose.yaml).
+        assert env["SAVE_SEARCH_MEDIA_URI"].startswith("s3://")
+        assert deps["media-store"]["condition"] == "service_healthy"
+        assert env["AWS_ENDPOINT_URL"] == "http://media-store:9000" and env["AWS_ACCESS_KEY_ID"]
+        assert env["SAVE_SEARCH_MEDIA_DELIVERY"] in ("presign", "proxy")
+        [data] = [v for v in services[name]["volumes"] if isinstance(v, dict) and v["target"] == "/data"]
+        assert data["type"] == "volume" and not data.get("source"), "/data: an anonymous volume per container"
+    from indexer.settings import Settings
+
+    env = {k: v for k, v in services["api"]["environment"].items() if k.startswith("SAVE_SEARCH_")}
+    settings = Settings(**{k.removeprefix("SAVE_SEARCH_").lower(): v for k, v in env.items()})
+    assert settings.media.uri == "s3://save-search-media/media" and settings.media.create_bucket
 
 
 def _docker_compose() -> list[str] | None:
@@ -860,7 +873,7 @@ def test_compose_migrate_entrypoint_migrates_postgres(compose: dict) -> None:
     from psycopg import sql
     from sqlalchemy.engine import make_url
 
-    from indexer.migrate import current_revision, head_revision
+    from indexer.storage.migrate import current_revision, head_revision
     from tests.conftest import PG_ADMIN_URL, _pg_connect
 
     try:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.evaluation import QueryOutcome, fit_calibration, read_queries, summarize
-from indexer.search import calibrate
+from indexer.search.evaluation import QueryOutcome, fit_calibration, read_queries, summarize
+from indexer.search.ranking import calibrate
 
 QUERIES = Path(__file__).resolve().parents[1] / "bench" / "data" / "retrieval_queries.tsv"
 

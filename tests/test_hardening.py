@@ -17,9 +17,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from indexer.db import Job, JobItem, Video
+from indexer.services import Services
 from indexer.settings import Settings
-from indexer.worker import Services
+from indexer.storage.db import Job, JobItem, Video
 
 KEY = {"Authorization": "Bearer read-key"}
 

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from indexer.asr_quality import corpus_wer
-from indexer.db import JobItem, Segment, Video
-from indexer.jobs import FINISHED_JOB_STATUSES
-from indexer.search import SearchService
+from indexer.inference.asr_quality import corpus_wer
+from indexer.ingest.jobs import FINISHED_STATUSES
+from indexer.ingest.worker import Worker
+from indexer.search.service import SearchService
+from indexer.services import Services
 from indexer.settings import Settings
-from indexer.worker import Services, Worker
+from indexer.storage.db import JobItem, Segment, Video
 from tests.media_fixtures import MEDIA, ljspeech_transcripts, speech_video
 
 pytestmark = pytest.mark.skipif(not MEDIA.exists(), reason=f"real test media not found at {MEDIA}")
@@ -42,7 +43,7 @@ def _ingest(services: Services, paths: list[Path]) -> int:
     job_id = worker.queue.enqueue("bulk", paths)
     worker.startup()
     try:
-        while worker.queue.summary(job_id).status not in FINISHED_JOB_STATUSES:
+        while worker.queue.summary(job_id).status not in FINISHED_STATUSES:
             assert worker.run_once() > 0 or worker.queue.pending() > 0
     finally:
         worker.shutdown()  # the next _ingest starts a worker under the same id
@@ -173,7 +174,7 @@ def test_full_save_mode_with_local_folder_weights(tmp_path, corpus, tiny_weights
     silent = next(r for r in page.results if r.filename == "silence_girl.mp4")
     assert silent.speech_score is None and silent.score == pytest.approx(silent.visual_score, abs=1e-6)
     # the stored features re-score exactly: compare with a fresh encode of the same video
-    from indexer.store import FeatureRef
+    from indexer.storage.shards import FeatureRef
 
     with services.sessions() as s:
         v = s.scalar(select(Video).where(Video.filename == "silence_girl.mp4"))
@@ -229,7 +230,7 @@ def test_postgres_backend_end_to_end(fresh_db_url, tmp_path, corpus):
 
 @pytest.mark.slow
 def test_model_change_requires_and_offers_reindex(tmp_path, corpus, tiny_weights):
-    from indexer.reindex import rebuild_indexes, reencode_stale
+    from indexer.ingest.reindex import rebuild_indexes, reencode_stale
 
     home = tmp_path / "home"
     speech = Services(Settings(home=home, model=str(tmp_path / "none")))

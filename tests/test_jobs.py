@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from indexer.db import Job, JobItem, Video, make_engine, session_factory, utcnow
 from indexer.errors import BadInputError, TransientError
-from indexer.jobs import JobQueue, expand_paths
+from indexer.ingest.jobs import JobQueue, expand_paths
+from indexer.storage.db import Job, JobItem, Video, make_engine, session_factory, utcnow
 
 
 @pytest.fixture
@@ -164,3 +164,17 @@ def test_folders_outside_the_allowed_roots_are_never_listed(queue, tmp_path):
     items = queue.summary(job).items
     assert sum(i.status == "queued" for i in items) == 1
     assert all(i.error_kind == "outside_allowed_roots" for i in items if i.status == "failed")
+
+
+def test_a_root_named_through_a_symlink_lists_and_admits_its_files(queue, tmp_path):
+    """Listing a folder and admitting its files use the same containment rule (``within_roots``): a root given
+    as a link to the real folder is the real folder."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "a.mp4").write_bytes(b"1")
+    link = tmp_path / "media"
+    link.symlink_to(real, target_is_directory=True)
+    files = expand_paths([real], recursive=True, allowed_roots=[link])
+    assert files == [real / "a.mp4"]
+    job = queue.enqueue("bulk", files, allowed_roots=[link])
+    assert [i.status for i in queue.summary(job).items] == ["queued"]

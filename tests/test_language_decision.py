@@ -13,18 +13,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+from faster_whisper.transcribe import Segment as FwSegment
+from faster_whisper.transcribe import Word
 
-from indexer.asr import (
+from indexer.inference.asr import SAMPLE_RATE, Transcriber
+from indexer.inference.language import (
     DEFAULT_MIN_LANGUAGE_PROBABILITY,
     LANGUAGE_METHODS,
-    SAMPLE_RATE,
     SWITCH_MARGIN,
     DecodeScore,
-    Transcriber,
-    _trial,
     choose_decode,
     decide_language,
     score_decode,
+    trial_segments,
 )
 
 
@@ -139,89 +140,93 @@ def test_trial_reads_the_first_window_only() -> None:
             yield seg(-0.3, seek=seek, start=start, end=end)
 
     g = gen()
-    assert [s.end for s in _trial(g)] == [8, 21.5]  # 21.5 s after the first start: that window is done
+    assert [s.end for s in trial_segments(g)] == [8, 21.5]  # 21.5 s after the first start: that window is done
     assert pulled == [0, 1]
     assert [s.end for s in g] == [30, 40]  # the rest is still there for the winner
-    short = _trial(iter([seg(-0.3, end=1.0), seg(-0.3, start=1.0, end=2.0)]))
+    short = trial_segments(iter([seg(-0.3, end=1.0), seg(-0.3, start=1.0, end=2.0)]))
     assert len(short) == 2  # a short clip: the whole decode
-    later = _trial(iter([seg(-0.3, seek=0, end=3.0), seg(-0.3, seek=300, start=3, end=5), seg(-0.3, seek=300)]))
+    later = trial_segments(iter([seg(-0.3, seek=0, end=3.0), seg(-0.3, seek=300, start=3, end=5), seg(-0.3, seek=300)]))
     assert len(later) == 2  # stops as soon as a second window shows up
 
 
-# -- the transcriber's cost, with a fake lazy Whisper ---------------------------------------------------
+# -- the transcriber's cost, with a fake Whisper ---------------------------------------------------------
 
 @dataclass
 class FakeWhisper:
-    """Mimics ``WhisperModel.transcribe``: detection up front, then a lazy generator that "decodes" one
-    30 s window per step, each yielding two segments scored by the language's log-probability."""
+    """Mimics what the transcriber asks of faster-whisper: ``detect_language`` (no decode), ``transcribe`` of one
+    stretch (a trial or a re-decode: one 30 s window per 30 s) and the batched pipeline's ``transcribe`` of clips
+    (``clip_timestamps``: one window per clip). Each window yields two segments scored by the language's
+    log-probability, with word timings covering it."""
 
     probs: list[tuple[str, float]]
     logprob: dict[str, float]
-    speech_s: float = 10.0
     calls: list[dict[str, Any]] = field(default_factory=list)
     windows: list[str] = field(default_factory=list)  # one entry per decoded window: its language
+    detections: int = 0
+    model: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(is_multilingual=True))
+
+    def detect_language(self, audio: np.ndarray) -> tuple[str, float, list[tuple[str, float]]]:
+        self.detections += 1
+        return self.probs[0][0], self.probs[0][1], self.probs
+
+    def _window(self, lang: str, start: float, end: float) -> list[SimpleNamespace]:
+        self.windows.append(lang)
+        mid = (start + end) / 2
+        return [FwSegment(id=0, seek=int(start * 100), start=a, end=b, text=f"{lang} {x}", tokens=list(range(10)),
+                          avg_logprob=self.logprob[lang], compression_ratio=1.5, no_speech_prob=0.05,
+                          words=[Word(start=a, end=b, word=f" {lang} {x}", probability=0.9)], temperature=0.0)
+                for a, b, x in ((start, mid, "a"), (mid, end, "b"))]
 
     def transcribe(self, audio: np.ndarray, language: str | None = None, **kwargs: Any):
         self.calls.append({"language": language, **kwargs})
-        lang = language or self.probs[0][0]
-        info = SimpleNamespace(language=self.probs[0][0], language_probability=self.probs[0][1],
-                               all_language_probs=self.probs if language is None else None,
-                               duration=self.speech_s, duration_after_vad=self.speech_s)
-
-        def segments() -> Iterator[SimpleNamespace]:
-            t = 0.0
-            while t < self.speech_s:
-                self.windows.append(lang)
-                end = min(t + 30.0, self.speech_s)
-                mid = (t + end) / 2
-                yield seg(self.logprob[lang], seek=int(t * 100), start=t, end=mid, text=f"{lang} a")
-                yield seg(self.logprob[lang], seek=int(t * 100), start=mid, end=end, text=f"{lang} b")
-                t = end
-
-        return segments(), info
+        assert language is not None  # the transcriber always decides first
+        clips = kwargs.get("clip_timestamps")
+        spans = ([(c["start"], c["end"]) for c in clips] if clips else
+                 [(t, min(t + 30.0, len(audio) / SAMPLE_RATE)) for t in np.arange(0, len(audio) / SAMPLE_RATE, 30.0)])
+        return (s for a, b in spans for s in self._window(language, float(a), float(b))), SimpleNamespace()
 
 
-def fake_transcriber(model: FakeWhisper, **kwargs: Any) -> Transcriber:
-    t = Transcriber.__new__(Transcriber)
-    t.model_name, t.vad, t.beam_size, t.chunk_seconds = "fake", True, 5, 600.0
-    t.min_language_probability = kwargs.get("min_language_probability", DEFAULT_MIN_LANGUAGE_PROBABILITY)
-    t.expected_languages = tuple(kwargs.get("expected_languages", ()))
-    t.language, t.multilingual, t.model = None, True, model
-    t.split_clauses = False
+def fake_transcriber(model: FakeWhisper, speech_s: float, **kwargs: Any) -> Transcriber:
+    """A transcriber over the fake, its VAD hearing ``speech_s`` seconds of speech from the start."""
+    t = Transcriber("fake", device="cpu", split_clauses=False, **kwargs)
+    t.preload(model)  # instead of loading a Whisper model
+    t._batched = model  # the batched pipeline too
+    t._speech_regions = lambda audio: [(0.0, speech_s)]  # type: ignore[method-assign]
     return t
 
 
-AUDIO = np.zeros(SAMPLE_RATE, dtype=np.float32)  # the fake does not listen
+AUDIO = np.zeros(100 * SAMPLE_RATE, dtype=np.float32)  # the fake does not listen
 
 
 def test_confident_detection_decodes_once() -> None:
-    model = FakeWhisper([("en", 0.97), ("cy", 0.02)], {"en": -0.3, "cy": -2.0}, speech_s=95.0)
-    t = fake_transcriber(model).transcribe(AUDIO)
-    assert model.windows == ["en"] * 4  # 95 s of speech: four windows, each decoded once, all English
-    assert [c["language"] for c in model.calls] == [None]  # the detection call's own generator is used
+    model = FakeWhisper([("en", 0.97), ("cy", 0.02)], {"en": -0.3, "cy": -2.0})
+    t = fake_transcriber(model, 95.0).transcribe(AUDIO)
+    assert model.windows == ["en"] * 4  # 95 s of speech: four clips, each decoded once, all English
+    assert model.detections == 1 and [c["language"] for c in model.calls] == ["en"]  # one batched call
     assert (t.language, t.language_method, t.redecoded) == ("en", "detected", False)
+    assert t.speech_seconds == t.transcribed_seconds == 95.0 and t.redecoded_regions == t.empty_regions == 0
 
 
 def test_uncertain_detection_pays_one_trial_window_per_other_candidate() -> None:
-    model = FakeWhisper([("cy", 0.62), ("en", 0.32), ("ga", 0.04)], {"en": -0.5, "cy": -1.96}, speech_s=95.0)
-    t = fake_transcriber(model).transcribe(AUDIO)
+    model = FakeWhisper([("cy", 0.62), ("en", 0.32), ("ga", 0.04)], {"en": -0.5, "cy": -1.96})
+    t = fake_transcriber(model, 95.0).transcribe(AUDIO)
     assert (t.language, t.detected_language, t.redecoded, t.language_method) == ("en", "cy", True, "compared")
     assert t.language_probability == pytest.approx(0.32)
     assert t.language_decision == "detected cy (0.62, uncertain); compared cy -1.96 vs en -0.50 mean log-prob: kept en"
-    assert model.windows == ["cy", "en", "en", "en", "en"]  # Welsh's first window is the only waste
+    assert model.windows == ["cy", "en", "en", "en", "en"]  # Welsh's trial of the first clip is the only waste
     assert t.text.split() == ["en", "a", "en", "b"] * 4 and len(t.segments) == 8
 
 
 def test_short_uncertain_clip_costs_one_extra_decode_and_keeps_a_good_detection() -> None:
-    model = FakeWhisper([("en", 0.55), ("de", 0.30)], {"en": -0.4, "de": -0.6}, speech_s=4.0)
-    t = fake_transcriber(model).transcribe(AUDIO)
-    assert model.windows == ["en", "de"]
+    model = FakeWhisper([("en", 0.55), ("de", 0.30)], {"en": -0.4, "de": -0.6})
+    t = fake_transcriber(model, 4.0).transcribe(AUDIO)
+    assert model.windows == ["en", "de"]  # the winner's trial is the transcript: no third decode
     assert (t.language, t.redecoded, t.language_method) == ("en", False, "compared")
-    caps = [c.get("max_new_tokens") for c in model.calls if c["language"]]
+    caps = [c.get("max_new_tokens") for c in model.calls]
     assert caps and all(c is not None and c < 448 for c in caps)  # the trial decodes respect the token cap
 
 
 def test_expected_languages_win_over_the_comparison() -> None:
-    model = FakeWhisper([("cy", 0.62), ("en", 0.32)], {"en": -0.5, "cy": -1.96}, speech_s=4.0)
-    t = fake_transcriber(model, expected_languages=["en"]).transcribe(AUDIO)
+    model = FakeWhisper([("cy", 0.62), ("en", 0.32)], {"en": -0.5, "cy": -1.96})
+    t = fake_transcriber(model, 4.0, expected_languages=["en"]).transcribe(AUDIO)
     assert model.windows == ["en"] and (t.language, t.language_method, t.redecoded) == ("en", "expected", True)

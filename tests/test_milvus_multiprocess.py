@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not MEDIA.exists(), reason=f"
 
 CLIPS = ["LJ001-0014", "LJ001-0015", "LJ001-0016"]
 # The worker dies exactly at the point the issue names: its database commit is done, its Milvus write is not.
-KILLED_AFTER_COMMIT = ("import os, signal; from indexer.milvus_store import MilvusCatalog; "
+KILLED_AFTER_COMMIT = ("import os, signal; from indexer.storage.milvus import MilvusCatalog; "
                        "MilvusCatalog.index_videos = lambda self, ids: os.kill(os.getpid(), signal.SIGKILL); "
                        "from app.cli import main; main()")
 

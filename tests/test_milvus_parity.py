@@ -1,7 +1,7 @@
 """Search semantics do not depend on the backend: the same collection (one database) searched through FAISS and
 through Milvus gives the same candidates, scores, rankings and pages. Both use exact (flat) indexes here, so
 the results must agree exactly; with approximate indexes (IVF, HNSW) they differ only by ANN recall, which
-``bench/query_bench.py`` measures."""
+``bench/backends_bench.py`` measures."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from pymilvus import MilvusClient
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from indexer.catalog import to_blob
-from indexer.db import Passage, Video
+from indexer.ingest.reindex import copy_shard_features, rebuild_indexes
 from indexer.passages import embed_transcript
-from indexer.reindex import copy_shard_features, rebuild_indexes
-from indexer.search import SearchService
+from indexer.search.service import SearchService
+from indexer.services import Services
 from indexer.settings import Settings
-from indexer.store import FeatureRef, pool_frames
-from indexer.worker import Services
+from indexer.storage.catalog import to_blob
+from indexer.storage.db import Passage, Video
+from indexer.storage.shards import FeatureRef, pool_frames
 from tests.media_fixtures import MEDIA, ljspeech_transcripts
 
 pytestmark = pytest.mark.skipif(not MEDIA.exists(), reason=f"no test media at {MEDIA}")
@@ -99,8 +99,9 @@ def test_moving_a_collection_to_milvus_copies_its_shard_features(backends, tmp_p
         source.backup(copy)  # the committed state, write-ahead log included
     prefix = f"moved_{secrets.token_hex(4)}"
     moved = Services(Settings(home=before.home, database_url=f"sqlite:///{database}", model="tiny",
-                              clip_source=before.clip_source, audio_source=before.audio_source, vector_store="milvus",
-                              milvus_uri=milvus_uri, milvus_collection_prefix=prefix, milvus_index="FLAT"),
+                              clip_source=before.visual.clip_source, audio_source=before.visual.audio_source,
+                              vector_store="milvus", milvus_uri=milvus_uri, milvus_collection_prefix=prefix,
+                              milvus_index="FLAT"),
                      encoder=on_faiss.services.encoder, sentences=on_faiss.services.sentences)
     try:
         with moved.sessions() as s:

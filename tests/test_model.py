@@ -243,14 +243,14 @@ def test_pretrained_weights_load_from_local_folders(tmp_path):
 
 
 def test_missing_weights_raise_weights_unavailable(tmp_path):
-    from models.factory import WeightsUnavailableError
+    from models.pretrained import WeightsUnavailableError
 
     with pytest.raises(WeightsUnavailableError, match="CLIP"):
         create_model("tiny", pretrained=True, clip_source=str(tmp_path / "does-not-exist"))
 
 
 def test_mismatched_architecture_is_rejected(tmp_path):
-    from models.factory import WeightsUnavailableError
+    from models.pretrained import WeightsUnavailableError
 
     other = create_model("tiny", pretrained=False)
     other.clip.model.save_pretrained(tmp_path / "clip")

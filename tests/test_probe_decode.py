@@ -14,17 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer import probe as probe_mod
-from indexer.decode import (
-    DecodedVideo,
-    decode,
-    decode_audio_to_pcm,
-    fbank_from_pcm,
-    pcm_memmap,
-    save_thumbnail,
-)
 from indexer.errors import AccessError, BadInputError, IngestError
-from indexer.probe import ProbeResult, check_access, probe
+from indexer.ingest import access as access_mod
+from indexer.ingest import probe as probe_mod
+from indexer.ingest.access import check_access, within_roots
+from indexer.ingest.decode import DecodedVideo, decode, decode_audio_to_pcm, fbank_from_pcm, pcm_memmap, save_thumbnail
+from indexer.ingest.probe import ProbeResult, probe
 from models.media import read_audio, read_frames
 from models.preprocess import waveform_to_fbank
 
@@ -195,7 +190,7 @@ def test_access_unreadable_when_open_fails(tmp_path: Path, monkeypatch: pytest.M
     def deny(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(probe_mod, "open", deny, raising=False)
+    monkeypatch.setattr(access_mod, "open", deny, raising=False)
     with _expect(AccessError, "unreadable", "permission denied"):
         check_access(f, None)
 
@@ -224,6 +219,24 @@ def test_access_outside_allowed_roots(tmp_path: Path) -> None:
     assert refused.value.kind == "outside_allowed_roots" and str(secret) not in str(refused.value)
     assert str(outside) not in str(refused.value)
 
+
+
+def test_within_roots_resolves_the_path_and_the_roots(tmp_path: Path) -> None:
+    """The one containment rule (bulk listing and the access check): symlinks resolved on both sides."""
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    clip = real / "sub" / "a.mp4"
+    clip.write_bytes(b"x")
+    root_link = tmp_path / "root-link"
+    root_link.symlink_to(real, target_is_directory=True)
+    assert within_roots(clip, [root_link])  # a root named through a link still holds its files
+    assert within_roots(root_link / "sub" / "a.mp4", [real])
+    assert within_roots(real, [real])
+    assert not within_roots(tmp_path / "real2" / "a.mp4", [real])  # a sibling whose name starts the same
+    (real / "out").symlink_to(tmp_path, target_is_directory=True)
+    assert not within_roots(real / "out" / "secret.mp4", [real])  # a link inside that leads out
+    assert not within_roots(real / ".." / "secret.mp4", [real])
+    assert check_access(clip, [root_link]) == clip.resolve()
 
 # --- probe: bad inputs -------------------------------------------------------------------------------------
 def test_empty_file(tmp_path: Path) -> None:

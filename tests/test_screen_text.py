@@ -1,5 +1,5 @@
-"""On-screen text as stored and searched text: the contract between the OCR stage (``indexer.ocr``) and storage,
-scoring, re-indexing and the API, with a stand-in reader that returns known spans (the real OCR end to end:
+"""On-screen text as stored and searched text: the contract between the OCR stage (``indexer.inference.ocr``) and
+storage, scoring, re-indexing and the API, with a stand-in reader that returns known spans (the real OCR end to end:
 ``test_screen_text_e2e.py``). Real SQLite and PostgreSQL for the migration, the real MiniLM, FAISS and worker."""
 
 from __future__ import annotations
@@ -13,13 +13,19 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 
-from indexer.db import SCREEN, SPEECH, Passage, Segment, Video, make_engine, session_factory
+from indexer.enums import Source
+from indexer.ingest.runtimes import IngestRuntimes
+from indexer.ingest.worker import Worker
 from indexer.passages import MAX_WINDOW, embed_transcript
-from indexer.search import Ranking, SearchService
+from indexer.search.ranking import Ranking
+from indexer.search.service import SearchService
+from indexer.services import Services
 from indexer.settings import Settings
-from indexer.worker import Services, Worker
+from indexer.storage.db import Passage, Segment, Video, make_engine, session_factory
 from tests.helpers import migrate_to
 from tests.media_fixtures import MEDIA
+
+SPEECH, SCREEN = Source.SPEECH, Source.SCREEN
 
 SILENT_CLIP = MEDIA / "video" / "silence_girl.mp4"  # no audio track: ingest never loads Whisper
 
@@ -35,7 +41,7 @@ class FakeReader:
     """Returns fixed spans (or raises), and counts its calls: the storage contract without the OCR model."""
 
     def __init__(self, spans: Iterable[tuple[float, float, str]] = (), error: Exception | None = None) -> None:
-        from indexer.ocr import ScreenSpan
+        from indexer.inference.ocr import ScreenSpan
 
         self.spans = [ScreenSpan(a, b, t, 0.95) for a, b, t in spans]
         self.error = error
@@ -73,7 +79,7 @@ def test_screen_spans_follow_speech_and_are_never_windowed_with_it() -> None:
 
 
 def test_migration_0004_marks_existing_rows_speech_and_downgrades_without_screen_text(fresh_db_url: str) -> None:
-    from indexer.transcripts import search_segments
+    from indexer.search.fulltext import search_segments
 
     def migrate(target: str, down: bool = False) -> None:
         migrate_to(fresh_db_url, target, down)
@@ -117,7 +123,7 @@ def services(tmp_path_factory) -> Services:
 
 
 def _add_video(services: Services, name: str, speech: list, screen: list, ocr_status: str | None = "read") -> int:
-    text = embed_transcript(services.sentences, speech, services.settings.normalize_sentence_input, screen)
+    text = embed_transcript(services.sentences, speech, services.settings.search.normalize_sentence_input, screen)
     segments, passages = text.rows()
     with services.sessions.begin() as s:
         video = Video(content_hash=name.ljust(64, "0"), filename=name, source_path=str(SILENT_CLIP), size_bytes=1,
@@ -185,8 +191,8 @@ def test_fusion_of_speech_and_screen_and_the_surer_moment(services, collection) 
     assert said.video_id == collection["recipe"] and said.segment.source == SPEECH
 
 
-def _ingest(services: Services, path: Path, owner: str) -> Video:
-    worker = Worker(services, owner=owner)
+def _ingest(services: Services, path: Path, owner: str, reader: FakeReader) -> Video:
+    worker = Worker(services, owner=owner, runtimes=IngestRuntimes(services.settings, screen_reader=reader))
     worker.startup()
     job = worker.queue.enqueue("bulk", [str(path)])
     while worker.queue.summary(job).status not in ("done", "failed"):
@@ -200,36 +206,34 @@ def _ingest(services: Services, path: Path, owner: str) -> Video:
 
 def test_worker_stores_screen_spans_and_survives_a_failing_reader(services, tmp_path, monkeypatch) -> None:
     reader = FakeReader([REVENUE])
-    monkeypatch.setattr(services, "_screen_reader", reader)
     clip = shutil.copy(SILENT_CLIP, tmp_path / "slides-worker.mp4")
-    video = _ingest(services, Path(clip), "screen-ok")
+    video = _ingest(services, Path(clip), "screen-ok", reader)
     assert reader.calls == 1 and video.ocr_status == "read" and video.ocr_error is None
     assert [(g.idx, g.source, g.start_s, g.end_s, g.text) for g in video.segments] == [(0, SCREEN, *REVENUE)]
     assert [(p.source, p.first_idx) for p in video.passages] == [(SCREEN, 0)]
 
-    monkeypatch.setattr(services, "_screen_reader", FakeReader(error=RuntimeError("model exploded")))
     broken = tmp_path / "slides-broken.mp4"
     broken.write_bytes(SILENT_CLIP.read_bytes() + b"\x00")  # another file (hash), same picture
-    video = _ingest(services, broken, "screen-broken")
+    video = _ingest(services, broken, "screen-broken", FakeReader(error=RuntimeError("model exploded")))
     assert video.status == "indexed" and video.ocr_status == "failed" and "model exploded" in video.ocr_error
     assert video.segments == []
 
     off = FakeReader([REVENUE])
-    monkeypatch.setattr(services, "_screen_reader", off)
-    monkeypatch.setattr(services.settings, "ocr", False)
+    monkeypatch.setattr(services.settings.ocr, "enabled", False)
     quiet = tmp_path / "slides-off.mp4"
     quiet.write_bytes(SILENT_CLIP.read_bytes() + b"\x00\x00")
-    video = _ingest(services, quiet, "screen-off")
+    video = _ingest(services, quiet, "screen-off", off)
     assert off.calls == 0 and video.ocr_status is None and video.segments == []
 
 
 def test_reindex_ocr_adds_screen_text_to_videos_indexed_without_it(services, collection, monkeypatch) -> None:
-    from indexer.reindex import reindex_ocr
+    from indexer.ingest.reindex import reindex_ocr
 
     old = _add_video(services, "old-lesson.mp4", PRINTING, [], ocr_status=None)
-    monkeypatch.setattr(services, "_screen_reader", FakeReader([(0.0, 3.0, "Lesson 4: the history of typefaces")]))
+    reader = FakeReader([(0.0, 3.0, "Lesson 4: the history of typefaces")])
     seen: list[tuple[int, int]] = []
-    read, failed = reindex_ocr(services, progress=lambda done, total, video: seen.append((done, video.id)))
+    read, failed = reindex_ocr(services, progress=lambda done, total, video: seen.append((done, video.id)),
+                               runtimes=IngestRuntimes(services.settings, screen_reader=reader))
     assert failed == 0 and read >= 1 and (read, old) in seen  # every never-read video, ending with this one
     with services.sessions() as s:
         video = s.get(Video, old)
@@ -265,7 +269,7 @@ def test_api_carries_source_and_returns_screen_spans(services, collection) -> No
 
 def test_evaluation_fits_the_screen_channel(services, collection) -> None:
     """`evaluate-search --fit-calibration` gets (raw screen score, right) pairs of its own."""
-    from indexer.evaluation import LabelledQuery, calibration_pairs, evaluate
+    from indexer.search.evaluation import LabelledQuery, calibration_pairs, evaluate
 
     queries = [LabelledQuery("how much did sales grow this quarter", "slides.mp4", 2.0, 7.0, "screen"),
                LabelledQuery("how much flour and water go into the dough", "recipe.mp4", 1.0, 6.0, "screen")]
@@ -288,7 +292,7 @@ def test_cli_reindex_ocr_reads_with_the_real_model_and_reports_progress(tmp_path
     monkeypatch.setenv("SAVE_SEARCH_MODEL", str(home / "no-visual-model"))
     monkeypatch.setenv("SAVE_SEARCH_OCR", "0")
     services = Services(Settings.from_env())
-    assert services.settings.ocr is False
+    assert services.settings.ocr.enabled is False
     video_id = _add_video(services, "lesson.mp4", PRINTING, [], ocr_status=None)
     result = CliRunner().invoke(app, ["reindex", "--ocr", "--rebuild-only"])
     assert result.exit_code == 0, result.output

@@ -7,8 +7,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from indexer.ingest.worker import Worker
+from indexer.services import Services
 from indexer.settings import Settings
-from indexer.worker import Services, Worker
 from tests.media_fixtures import MEDIA, TextShown, speech_video, text_video
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not MEDIA.exists(), reason=f"no test media at {MEDIA}")]

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from indexer.evaluation import MOMENT_TOLERANCE_S, evaluate, read_queries
-from indexer.search import SearchService
+from indexer.ingest.worker import Worker
+from indexer.search.evaluation import MOMENT_TOLERANCE_S, evaluate, read_queries
+from indexer.search.service import SearchService
+from indexer.services import Services
 from indexer.settings import Settings
-from indexer.worker import Services, Worker
 from tests.media_fixtures import MEDIA, speech_video
 
 pytestmark = [pytest.mark.slow,
@@ -119,7 +120,7 @@ def test_evaluate_search_command(search: SearchService, tmp_path: Path, monkeypa
 
     settings = search.services.settings
     monkeypatch.setenv("SAVE_SEARCH_HOME", str(settings.home))
-    monkeypatch.setenv("SAVE_SEARCH_MODEL", settings.model)
+    monkeypatch.setenv("SAVE_SEARCH_MODEL", settings.visual.model)
     queries = tmp_path / "mine.tsv"
     queries.write_text("don't ask what the nation can do for you\tjfk.mp4\n"
                        "judge someone by what they do\tMegamind.avi\n"

@@ -14,26 +14,13 @@ import faiss
 import numpy as np
 import pytest
 
-from indexer import store
-from indexer.store import (
-    SHARD_HEADER_BYTES,
-    FeatureRef,
-    FeatureStore,
-    FeatureStoreError,
-    SnapshotError,
-    VectorIndex,
-    choose_index_type,
-    current_version,
-    ivf_nlist,
-    ivfpq_min_vectors,
-    load_snapshot,
-    pool_frames,
-    pq_subquantizers,
-    save_snapshot,
-)
+from indexer.storage import faiss_index, shards, snapshots
+from indexer.storage.faiss_index import VectorIndex, choose_index_type, ivf_nlist, ivfpq_min_vectors, pq_subquantizers
+from indexer.storage.shards import SHARD_HEADER_BYTES, FeatureRef, FeatureStore, FeatureStoreError, pool_frames
+from indexer.storage.snapshots import SnapshotError, current_version, load_snapshot, save_snapshot
 
 T, D = 12, 32
-RECORD_BYTES = store.record_dtype(T, D).itemsize
+RECORD_BYTES = shards.record_dtype(T, D).itemsize
 
 
 def video(video_id: int, frames: int = T, dim: int = D) -> tuple[np.ndarray, np.ndarray]:
@@ -369,10 +356,10 @@ def test_remove_add_replace_and_ids(kind: str, one_thread) -> None:
 
 def test_choose_index_type_thresholds() -> None:
     assert choose_index_type(0) == "flat"
-    assert choose_index_type(store.FLAT_MAX_VECTORS - 1) == "flat"
-    assert choose_index_type(store.FLAT_MAX_VECTORS) == "hnsw"
-    assert choose_index_type(store.HNSW_MAX_VECTORS) == "hnsw"
-    assert choose_index_type(store.HNSW_MAX_VECTORS + 1) == "ivfpq"
+    assert choose_index_type(faiss_index.FLAT_MAX_VECTORS - 1) == "flat"
+    assert choose_index_type(faiss_index.FLAT_MAX_VECTORS) == "hnsw"
+    assert choose_index_type(faiss_index.HNSW_MAX_VECTORS) == "hnsw"
+    assert choose_index_type(faiss_index.HNSW_MAX_VECTORS + 1) == "ivfpq"
     assert choose_index_type(50, "HNSW") == "hnsw"
     assert choose_index_type(50, "flat") == "flat"
     # IVF-PQ needs 39 training vectors per centroid (coarse: 4*sqrt(n); PQ: 256): ~24.3k at least.
@@ -391,15 +378,15 @@ def test_choose_index_type_thresholds() -> None:
 def test_ivfpq_trains_on_a_sample_and_is_retrained_when_outgrown(tmp_path) -> None:
     """A large build trains on ~40 vectors per list, not on everything; the catalog retrains an IVF-PQ index
     once the collection asks for twice its lists (~4x the vectors it was trained for), built ahead by prepare()."""
-    from indexer.catalog import ManagedIndex
+    from indexer.storage.faiss_catalog import ManagedIndex
 
-    sample = store.ivf_training_sample(1_000_000, 4000)
+    sample = faiss_index.ivf_training_sample(1_000_000, 4000)
     assert len(sample) == 160_000 and np.all(np.diff(sample) > 0) and sample[-1] < 1_000_000
-    assert store.ivf_training_sample(65_536, 1024) is None  # never below what PQ training uses anyway
-    assert len(store.ivf_training_sample(200_000, 1789)) == 71_560
+    assert faiss_index.ivf_training_sample(65_536, 1024) is None  # never below what PQ training uses anyway
+    assert len(faiss_index.ivf_training_sample(200_000, 1789)) == 71_560
     # Trained at 50k (nlist 894, where auto switches to IVF-PQ): retrained at ~200k, again at ~800k.
-    assert not store.ivfpq_outgrown(4000, 1_000_000) and not store.ivfpq_outgrown(894, 190_000)
-    assert store.ivfpq_outgrown(894, 200_000) and store.ivfpq_outgrown(632, 100_000)
+    assert not faiss_index.ivfpq_outgrown(4000, 1_000_000) and not faiss_index.ivfpq_outgrown(894, 190_000)
+    assert faiss_index.ivfpq_outgrown(894, 200_000) and faiss_index.ivfpq_outgrown(632, 100_000)
 
     dim = 16
     vectors = unit(np.random.default_rng(3).standard_normal((100_000, dim)))
@@ -490,7 +477,7 @@ def test_crash_between_index_file_and_manifest(tmp_path: Path, monkeypatch: pyte
 
     second, _ = _index(n=50, seed=2)
     with monkeypatch.context() as m:
-        m.setattr(store, "_write_manifest", crash)
+        m.setattr(snapshots, "_write_manifest", crash)
         with pytest.raises(OSError, match="power cut"):
             save_snapshot(second, folder, "m")
     assert (folder / "index-2.faiss").exists()  # written, but never published
@@ -499,7 +486,7 @@ def test_crash_between_index_file_and_manifest(tmp_path: Path, monkeypatch: pyte
     np.testing.assert_array_equal(loaded.search(x[:10], 5)[1], expected[1])
     # A crash while writing the index file leaves no temp file and the old snapshot.
     with monkeypatch.context() as m:
-        m.setattr(store.faiss, "write_index", lambda _i, path: (Path(path).write_bytes(b"partial"), crash()))
+        m.setattr(snapshots.faiss, "write_index", lambda _i, path: (Path(path).write_bytes(b"partial"), crash()))
         with pytest.raises(OSError, match="power cut"):
             save_snapshot(second, folder, "m")
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
@@ -536,7 +523,7 @@ def test_readers_need_no_lock(tmp_path: Path) -> None:
 
 def test_concurrent_savers_serialize(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spans: list[tuple[float, float]] = []
-    real = store._write_index_file
+    real = snapshots._write_index_file
 
     def slow_write(index: VectorIndex, path: Path) -> None:
         start = time.monotonic()
@@ -544,7 +531,7 @@ def test_concurrent_savers_serialize(tmp_path: Path, monkeypatch: pytest.MonkeyP
         real(index, path)
         spans.append((start, time.monotonic()))
 
-    monkeypatch.setattr(store, "_write_index_file", slow_write)
+    monkeypatch.setattr(snapshots, "_write_index_file", slow_write)
     versions: list[int] = []
     index, _ = _index()
 
@@ -580,9 +567,10 @@ def test_savers_in_separate_processes_serialize(tmp_path: Path) -> None:
 def test_catalog_prepares_rebuilds_from_the_database(tmp_path) -> None:
     """The worker's prepare step: the catalog counts what belongs in each index, builds the replacement the next
     sync would otherwise build under the lock (here flat -> HNSW as configured), and sync only swaps it in."""
-    from indexer.catalog import FaissCatalog, to_blob
-    from indexer.db import Passage, Video, make_engine, session_factory
-    from indexer.migrate import init_db
+    from indexer.storage.catalog import to_blob
+    from indexer.storage.db import Passage, Video, make_engine, session_factory
+    from indexer.storage.faiss_catalog import FaissCatalog
+    from indexer.storage.migrate import init_db
 
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     init_db(url)

@@ -1,4 +1,4 @@
-"""The index interface (``indexer.catalog.VectorCatalog``) keeps one contract on both backends: FAISS snapshot
+"""The index interface (``indexer.storage.catalog.VectorCatalog``) keeps one contract on both backends: FAISS snapshot
 files and Milvus (a real Milvus Lite 2.5 server). The database is the source of truth: writes after a commit,
 deletes, and the repair that finds what a crash left behind."""
 
@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from sqlalchemy import delete
 
-from indexer.catalog import FaissCatalog, VectorCatalog, make_catalog, to_blob
-from indexer.db import Passage, Video, make_engine, session_factory
-from indexer.migrate import init_db
+from indexer.services import make_catalog
 from indexer.settings import Settings
-from indexer.store import FeatureRef, FeatureStoreError
+from indexer.storage.catalog import VectorCatalog, to_blob
+from indexer.storage.db import Passage, Video, make_engine, session_factory
+from indexer.storage.faiss_catalog import FaissCatalog
+from indexer.storage.migrate import init_db
+from indexer.storage.shards import FeatureRef, FeatureStoreError
 
 VIDEO_DIM, PASSAGE_DIM, FRAMES = 8, 4, 12
 
@@ -50,7 +52,7 @@ def catalog(request: pytest.FixtureRequest, tmp_path) -> Iterator[VectorCatalog]
         return
     from pymilvus import MilvusClient
 
-    from indexer.milvus_store import MilvusCatalog
+    from indexer.storage.milvus import MilvusCatalog
 
     client = MilvusClient(uri=request.getfixturevalue("milvus_uri"))
     prefix = f"t_{secrets.token_hex(6)}"
@@ -142,7 +144,7 @@ def test_frame_features_are_read_back_exactly_and_a_missing_record_is_an_error(c
 def test_settings_choose_the_backend(tmp_path) -> None:
     with pytest.raises(ValueError, match="needs SAVE_SEARCH_MILVUS_URI"):
         Settings(home=tmp_path, vector_store="milvus")
-    with pytest.raises(ValueError, match="faiss or milvus"):
+    with pytest.raises(ValueError, match="SAVE_SEARCH_VECTOR_STORE='vespa': Input should be 'faiss' or 'milvus'"):
         Settings(home=tmp_path, vector_store="vespa")
     settings = Settings(home=tmp_path)
     catalog = make_catalog(settings, session_factory(make_engine(f"sqlite:///{tmp_path / 'db'}")), None, None,

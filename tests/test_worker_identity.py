@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from indexer.db import JobItem, make_engine, session_factory
-from indexer.jobs import JobQueue, default_owner
-from indexer.migrate import init_db
+from indexer.ingest.jobs import JobQueue, default_owner
+from indexer.storage.db import JobItem, make_engine, session_factory
+from indexer.storage.migrate import init_db
 from tests.media_fixtures import MEDIA, speech_video
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not MEDIA.exists(), reason=f"no test media at {MEDIA}")]
@@ -28,16 +28,18 @@ ROOT = Path(__file__).resolve().parents[1]
 # CRASH: run normally but die by SIGKILL right after the thumbnail is moved into place, before the commit.
 WORKER_SCRIPT = textwrap.dedent("""
     import os, signal, sys, time
-    from indexer import worker as w
-    from indexer.asr import Transcript
+    from indexer import services as s
+    from indexer.ingest import runtimes as r
+    from indexer.ingest import worker as w
+    from indexer.inference.asr import Transcript
     from indexer.settings import Settings
 
     class Silent:
-        def transcribe(self, pcm):
-            return Transcript("", None, 0.0, len(pcm) / 16000, [])
+        def transcribe_pcm_file(self, path, **kwargs):
+            return Transcript("", None, 0.0, os.path.getsize(path) / 32000, [])
 
-    services = w.Services(Settings.from_env(), transcriber=Silent())
-    worker = w.Worker(services)
+    settings = Settings.from_env()
+    worker = w.Worker(s.Services(settings), runtimes=r.IngestRuntimes(settings, transcriber=Silent()))
     if sys.argv[1] == "hold":
         worker.startup()
         [item] = worker.queue.claim(worker.owner)
@@ -46,8 +48,8 @@ WORKER_SCRIPT = textwrap.dedent("""
         time.sleep(600)
     else:
         publish = w.publish_thumbnail
-        def publish_then_die(scratch, final):
-            publish(scratch, final)
+        def publish_then_die(*args):
+            publish(*args)
             os.kill(os.getpid(), signal.SIGKILL)
         w.publish_thumbnail = publish_then_die
         worker.run(exit_when_idle=True)
@@ -98,7 +100,7 @@ def test_two_workers_started_the_same_way_do_not_interfere(tmp_path):
 
 
 def test_a_worker_id_alive_on_this_host_is_refused(tmp_path):
-    from indexer.workdir import WorkerIdInUse, claim_work_dir, sweep_abandoned_work_dirs
+    from indexer.ingest.workdir import WorkerIdInUse, claim_work_dir, sweep_abandoned_work_dirs
 
     work, fd = claim_work_dir(tmp_path / "work", "same-id")
     try:
@@ -112,8 +114,9 @@ def test_a_worker_id_alive_on_this_host_is_refused(tmp_path):
 
 
 def test_kill_between_thumbnail_and_commit_leaves_no_orphan(tmp_path):
+    from indexer.ingest.worker import Worker
+    from indexer.services import Services
     from indexer.settings import Settings
-    from indexer.worker import Services, Worker
 
     home = tmp_path / "home"
     clip = speech_video(MEDIA / "speech" / "ljspeech" / "LJ001-0015.wav", tmp_path / "b.mp4")

@@ -10,7 +10,7 @@ Full-text search on ``segments.text`` differs per backend:
   ``segments``), Porter-stemmed so "dogs" matches "dog", kept in sync by triggers. Deleting a video cascades
   to its segments (ON DELETE CASCADE or the ORM), and the delete trigger removes their FTS rows either way.
 - PostgreSQL: a GIN expression index on ``to_tsvector('english', text)``; queries must use the very same
-  expression (``indexer.transcripts.search_segments`` does) for the planner to use it.
+  expression (``indexer.search.fulltext.search_segments`` does) for the planner to use it.
 """
 
 from __future__ import annotations

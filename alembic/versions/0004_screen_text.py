@@ -5,7 +5,7 @@ Revises: 0003
 Create Date: 2026-11-30
 
 - ``segments.source`` / ``passages.source``: ``speech`` (the transcript; every existing row) or ``screen``
-  (text read from the frames, ``indexer.ocr``). Screen segments follow a video's speech segments (``idx``
+  (text read from the frames, ``indexer.inference.ocr``). Screen segments follow a video's speech segments (``idx``
   n..n+m-1) and have passages of their own: never windowed together with speech.
 - ``videos.ocr_status`` (``read`` | ``failed`` | null: never read, e.g. ingested before this revision or with
   ``SAVE_SEARCH_OCR=0``) and ``videos.ocr_error``: a failed OCR never fails the video, it leaves this note.

@@ -9,7 +9,8 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select
 
-from indexer.db import Video
+from indexer.enums import VideoStatus
+from indexer.storage.db import Video
 
 from ..deps import ReadState
 from ..schemas import Health, Ready
@@ -26,9 +27,9 @@ async def healthz() -> Health:  # async: liveness never waits behind searches in
 def readyz(state: ReadState) -> Ready:
     status = state.services.encoder.status()
     with state.services.sessions() as s:
-        videos = s.scalar(select(func.count()).select_from(Video).where(Video.status == "indexed")) or 0
+        videos = s.scalar(select(func.count()).select_from(Video).where(Video.status == VideoStatus.INDEXED)) or 0
     return Ready(ready=True, mode=status.mode, reason=status.reason, model=status.details, videos=videos,
-                 queue_depth=state.queue.pending(), worker=state.worker_mode, auth=state.auth_mode)
+                 queue_depth=state.queue.pending(), worker=state.worker_mode, auth=state.guard.auth_mode)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

@@ -1,4 +1,4 @@
-"""GET /v1/search: ranked videos with their transcript and best matching moment (said or shown on screen)."""
+"""GET /v1/search: ranked videos with their transcript and matching moments (said or shown on screen), best first."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import json
 from fastapi import APIRouter, HTTPException, Query
 
 from indexer.names import text_problem
-from indexer.search import SearchResult as Found
+from indexer.search.moments import MOMENTS_DEFAULT, MOMENTS_MAX
+from indexer.search.ranking import SearchResult as Found
 from indexer.text import word_spans
 
 from ..deps import AppState, ReadState
-from ..schemas import ERROR_RESPONSES, ErrorOut, Moment, SearchResponse, SearchResult
+from ..media import MediaRow
+from ..schemas import ERROR_RESPONSES, ErrorOut, Moment, ScoredMoment, SearchResponse, SearchResult
 
 MAX_PAGE_OFFSET = 1_000_000  # far past any candidate pool; keeps forged tokens' numbers in range
 
@@ -42,17 +44,19 @@ def decode_page_token(token: str, fingerprint: str) -> tuple[int, int]:
     return offset, as_of
 
 
-def to_api(result: Found, query: str, state: AppState, content_hash: str) -> SearchResult:
+def to_api(result: Found, query: str, state: AppState, row: MediaRow | None) -> SearchResult:
     seg = result.segment
+    thumbnail_url, video_url = state.links.urls(result.video_id, row)
     return SearchResult(
         video_id=result.video_id, filename=result.filename, score=result.score, visual_score=result.visual_score,
         speech_score=result.speech_score, screen_score=result.screen_score, duration=result.duration,
         language=result.language,
-        thumbnail_url=state.media_url(result.video_id, "thumbnail", content_hash),
-        video_url=state.media_url(result.video_id, "media", content_hash),
+        thumbnail_url=thumbnail_url, video_url=video_url,
         transcript=result.transcript,
         segment=None if seg is None else Moment(start=seg.start, end=seg.end, text=seg.text, source=seg.source,
                                                 highlights=word_spans(seg.text, query)),
+        moments=[ScoredMoment(start=m.start, end=m.end, text=m.text, source=m.source, score=m.score,
+                              highlights=word_spans(m.text, query)) for m in result.moments],
     )
 
 
@@ -65,6 +69,8 @@ def search(
     k: int = Query(10, ge=1, le=100, description="Results per page."),
     page_token: str | None = Query(None, max_length=512, description="next_page_token of the previous page."),
     min_score: float | None = Query(None, ge=-1.0, le=1.0, description="Drop results scoring below this."),
+    moments: int = Query(MOMENTS_DEFAULT, ge=1, le=MOMENTS_MAX, description="Moments per result at most (places "
+                                                                            "in the video that match, best first)."),
 ) -> SearchResponse:
     if not q.strip():
         raise HTTPException(422, "the query is empty")
@@ -74,11 +80,11 @@ def search(
     offset, as_of = decode_page_token(page_token, fingerprint) if page_token else (0, None)
     try:
         with state.admission.admit():  # bounded CPU for searches: queue, then 503 (app/admission.py)
-            page = state.search.search(q, k=k, offset=offset, min_score=min_score, as_of=as_of)
+            page = state.search.search(q, k=k, offset=offset, min_score=min_score, as_of=as_of, moments=moments)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from exc
     more = offset + len(page.results) < page.total_candidates
     token = encode_page_token(offset + len(page.results), page.as_of, fingerprint) if more else None
-    hashes = state.content_hashes(r.video_id for r in page.results) if state.media_urls_signed() else {}
-    results = [to_api(r, q, state, hashes.get(r.video_id, "")) for r in page.results]
+    rows = state.links.rows(r.video_id for r in page.results) if state.links.needs_rows() else {}
+    results = [to_api(r, q, state, rows.get(r.video_id)) for r in page.results]
     return SearchResponse(query=q, mode=page.mode, results=results, next_page_token=token)

@@ -200,18 +200,19 @@ function resultCard(r) {
 
   if (seg) {
     // The best matching moment (said, or shown on screen): clicking it plays from there.
-    const onScreen = seg.source === "screen";
-    const moment = el("button", onScreen ? "moment on-screen" : "moment");
-    moment.type = "button";
-    const range = formatTime(seg.start) + "–" + formatTime(seg.end);
-    moment.setAttribute("aria-label", "Play from " + formatTime(seg.start) + (onScreen ? ", shown on screen: " : ": ")
-      + seg.text);
-    moment.append(el("span", "range", onScreen ? "on screen, " + range : range));
-    const text = el("span", "moment-text");
-    text.append(highlighted(seg.text, seg.highlights));
-    moment.append(text);
-    moment.addEventListener("click", () => openPlayer(r, seg.start));
-    body.append(moment);
+    body.append(momentButton(r, seg, "moment"));
+    // The other places that match (moments[0] is the best one, shown above), best first, each playable.
+    const others = (r.moments || []).slice(1);
+    if (others.length) {
+      const list = el("ol", "more-moments");
+      list.setAttribute("aria-label", "Also matches at");
+      for (const m of others) {
+        const item = el("li");
+        item.append(momentButton(r, m, "other-moment"));
+        list.append(item);
+      }
+      body.append(list);
+    }
     // The rest of what is said, for context (clamped to two lines by the CSS).
     if (r.transcript && r.transcript.trim() !== seg.text.trim()) {
       body.append(el("p", "transcript-preview", r.transcript));
@@ -223,6 +224,24 @@ function resultCard(r) {
   }
   li.append(thumb, body);
   return li;
+}
+
+// A moment (said, or shown on screen) as a button that plays the video from its start.
+function momentButton(r, m, className) {
+  const onScreen = m.source === "screen";
+  const button = el("button", onScreen ? className + " on-screen" : className);
+  button.type = "button";
+  button.dataset.start = m.start;
+  const range = formatTime(m.start) + "–" + formatTime(m.end);
+  button.setAttribute("aria-label", "Play from " + formatTime(m.start) + (onScreen ? ", shown on screen: " : ": ")
+    + m.text);
+  button.append(el("span", "range", onScreen ? "on screen, " + range : range));
+  const text = el("span", "moment-text");
+  text.append(highlighted(m.text, m.highlights));
+  button.append(text);
+  if (className !== "moment" && score(m.score) !== null) button.append(el("span", "moment-score", score(m.score)));
+  button.addEventListener("click", () => openPlayer(r, m.start));
+  return button;
 }
 
 // ---------- player ----------
@@ -361,7 +380,10 @@ async function pollJob(jobId, failures) {
   }
   const item = job.items[0] || {};
   const pct = Math.round(100 * (job.progress || 0)) + "%";
-  const stage = item.stage && item.stage !== job.status ? " · " + item.stage : "";
+  let stage = item.stage && item.stage !== job.status ? " · " + item.stage : "";
+  if (item.stage === "transcribe" && item.stage_progress != null) {
+    stage += " " + Math.round(100 * item.stage_progress) + "% of the audio";  // long videos: where speech is
+  }
   $("job-line").textContent = "Job " + jobId + ": " + job.status + stage + " · " + pct;
   $("upload-progress").value = job.progress || 0;
   if (job.status === "done") {

@@ -107,6 +107,7 @@ class MSRVTT:
         return list(zip(_csv_column(path, "video_id"), _csv_column(path, "sentence"), strict=True))
 
     def video_path(self, video_id: str) -> Path:
+        assert self.videos_dir is not None  # set by __post_init__
         for ext in VIDEO_EXTENSIONS:
             candidate = self.videos_dir / f"{video_id}{ext}"
             if candidate.is_file():
@@ -114,6 +115,7 @@ class MSRVTT:
         raise DatasetError(f"no video file for {video_id!r} in {self.videos_dir}")
 
     def transcripts(self, video_ids: Sequence[str]) -> dict[str, str]:
+        assert self.transcripts_path is not None  # set by __post_init__
         if not self.transcripts_path.is_file():
             raise DatasetError(f"missing {self.transcripts_path}: run `save-search transcribe {self.videos_dir} "
                                f"--out {self.transcripts_path}` first")

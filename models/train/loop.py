@@ -8,10 +8,10 @@ import logging
 import os
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -77,14 +77,14 @@ class _AllGather(torch.autograd.Function):
     every rank computes the loss on the full global batch (reference §3.1)."""
 
     @staticmethod
-    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, tensor: Tensor) -> Tensor:
         ctx.rank, ctx.batch = dist.get_rank(), tensor.shape[0]
         out = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(out, tensor.contiguous())
         return torch.cat(out)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> Tensor:
         return grad[ctx.rank * ctx.batch:(ctx.rank + 1) * ctx.batch]
 
 
@@ -112,13 +112,15 @@ class Trainer:
         apply_freezing(self.model)
         self.train_set, self.val_set, self.on_eval = train_set, val_set, on_eval
         per_device = max(1, config.batch_size // self.world)
-        self.sampler = DistributedSampler(train_set, shuffle=True, seed=0, drop_last=True) if self.world > 1 else None
+        self.sampler: DistributedSampler | None = (DistributedSampler(train_set, shuffle=True, seed=0, drop_last=True)
+                                                    if self.world > 1 else None)
         generator = torch.Generator().manual_seed(config.seed)
         self.loader = DataLoader(train_set, batch_size=per_device, shuffle=self.sampler is None,
                                  sampler=self.sampler, drop_last=True, num_workers=config.num_workers,
                                  generator=generator, pin_memory=self.device.type == "cuda")
         if len(self.loader) == 0:
-            raise ValueError(f"the training set ({len(train_set)} samples) is smaller than one batch ({per_device})")
+            raise ValueError(f"the training set ({len(cast(Sized, train_set))} samples) is smaller than one batch "
+                             f"({per_device})")
         steps = len(self.loader) * config.epochs
         self.total_steps = min(steps, config.max_steps) if config.max_steps else steps
         rates = LearningRates(config.lr, config.coef_lr, config.query_lr_multiplier, config.weight_decay)

@@ -111,7 +111,7 @@ class BertAdam(Optimizer):
         return group["lr"] * self._schedule(step / group["t_total"], group["warmup"])
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             beta1, beta2 = group["betas"]

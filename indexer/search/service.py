@@ -1,0 +1,421 @@
+"""Search: query -> candidates (ANN over pooled SAVE vectors, transcript passages by meaning, segments by
+words) -> exact scores per channel -> calibrated fusion -> best moment.
+
+Each channel's raw score is mapped to a probability that the video is the one asked for,
+``p = sigmoid(a * raw + b)`` (``Ranking.*_calibration``), so scores compare across queries and channels:
+- speech raw = max over the video's passages (``indexer.passages``: segments, windows of adjacent segments,
+  the whole transcript) of ``cosine(MiniLM(query), MiniLM(passage)) + lexical_weight * coverage``, where
+  coverage is the IDF-weighted share of the query's content words (normalised: ``indexer.text``) that the
+  passage says. Words add to meaning, never replace it: a passage sharing one rare word but not the meaning
+  gains at most ``lexical_weight``. The speech map (a, b) is fitted on the retrieval benchmark (BENCHMARKS.md):
+  a speech_score of 0.8 means that about 8 in 10 results with that score were the right video there.
+- visual raw = exact SAVE similarity / logit scale (about a CLIP cosine); its map is a fixed prior, not measured
+  here (no CLIP weights offline): see ``Ranking``.
+- screen raw: the speech rule over the passages of on-screen text (``indexer.inference.ocr`` spans, cut into passages on
+  their own), with its own map (a, b), fitted on the on-screen-text queries of the retrieval benchmark.
+- score = 1 - (1 - p_visual) * (1 - p_speech) * (1 - p_screen): the chance that at least one channel's evidence
+  is right, read as independent; a channel a video lacks counts 0 (speech only: score = p_speech, as before).
+The moment is the video's best local passage (up to three segments) of whichever text channel is more sure,
+speech or screen (then it is the stretch where the text is shown), and says its ``source``. A result's ``moments``
+start with it and add, for the page's videos only, the best other local passages of either channel, each scored by
+its channel's map, apart in time and not far below the first (``moments.choose_moments``). Candidates: the
+``pool_size(k)`` best videos of the visual ANN, as many by their best passage (ANN) and as many by full text
+(screen passages and segments included). Every candidate from any source gets all its parts computed exactly,
+so the ranking does not depend on which source found it. The pool depends on the query and k only, ties break
+by video id, so pages are stable; a query pages through at most its pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import logging
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from sqlalchemy import func, select
+
+from indexer.enums import Source, VideoStatus
+from indexer.passages import MAX_WINDOW, embed
+from indexer.search.fulltext import document_frequencies, search_segments
+from indexer.search.moments import MOMENTS_DEFAULT, MOMENTS_MAX, LocalPassages, choose_moments
+from indexer.search.query import QueryBatcher, QueryCache
+from indexer.search.ranking import Moment, Ranking, ScoredCandidate, ScoredMoment, SearchPage, SearchResult, calibrate
+from indexer.services import Services
+from indexer.storage.catalog import stack_blobs
+from indexer.storage.db import Passage, Segment, Video
+from indexer.storage.shards import FeatureRef, FeatureStoreError
+from indexer.text import content_terms, stem, stems, words
+
+log = logging.getLogger(__name__)
+
+PASSAGES_PER_CANDIDATE = 8  # passage index hits asked for per wanted speech candidate (a video has many)
+IDF_TTL_S = 60.0  # document frequencies are cached this long (they move slowly as videos arrive)
+
+
+class SearchService:
+    """Shared by the CLI and the API; thread-safe for concurrent queries."""
+
+    def __init__(self, services: Services, ranking: Ranking | None = None, ann_candidates: int = 200) -> None:
+        self.services = services
+        settings = services.settings
+        self.ranking = ranking or Ranking.from_settings(settings)
+        self.max_query_chars, self.max_k = settings.search.max_query_chars, settings.search.max_k
+        self.ann_candidates = ann_candidates
+        self.cache = QueryCache()
+        self._idf_cache: dict[str, tuple[float, int, int]] = {}  # term -> (time, document frequency, total)
+        self._model_lock = threading.Lock()
+        # MiniLM runs on this thread while CLIP encodes the same queries: on CPU the two small models overlap
+        # (about 10 ms less per query on 2 cores than one after the other, BENCHMARKS.md).
+        self._sentence_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-sentences")
+        self.batcher = QueryBatcher(self._encode_batch, self._model_lock)
+        model = services.encoder.model
+        self.store = (services.catalog.open_features(model.config.num_frames, model.config.embed_dim, "reader")
+                      if model is not None else None)
+
+    def _encode_sentences(self, queries: list[str]) -> np.ndarray:
+        return embed(self.services.sentences, queries, self.ranking.normalize_sentence_input)
+
+    def _encode_batch(self, queries: list[str]) -> list[tuple[torch.Tensor | None, np.ndarray]]:
+        encoder = self.services.encoder
+        if not encoder.available:
+            return [(None, row) for row in self._encode_sentences(queries)]
+        pending = self._sentence_thread.submit(self._encode_sentences, queries)
+        try:
+            visual = encoder.encode_queries(queries)
+        finally:
+            sentences = pending.result()  # never leave the thread running past this call
+        return [(None if visual is None else visual[i:i + 1], sentences[i]) for i in range(len(queries))]
+
+    @property
+    def mode(self) -> str:
+        return self.services.encoder.status().mode
+
+    def _query_vectors(self, query: str) -> tuple[torch.Tensor | None, np.ndarray]:
+        cached = self.cache.get(query)
+        if cached is not None:
+            return cached
+        value = self.batcher.encode(query)
+        self.cache.put(query, value)
+        return value
+
+    def search(self, query: str, k: int = 10, offset: int = 0, min_score: float | None = None,
+               as_of: int | None = None, moments: int = MOMENTS_DEFAULT) -> SearchPage:
+        query = " ".join(query.split())
+        if not query:
+            raise ValueError("the query is empty")
+        if len(query) > self.max_query_chars:
+            raise ValueError(f"the query is longer than {self.max_query_chars} characters")
+        if not 1 <= k <= self.max_k:
+            raise ValueError(f"k must be between 1 and {self.max_k}")
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        if not 1 <= moments <= MOMENTS_MAX:
+            raise ValueError(f"moments must be between 1 and {MOMENTS_MAX}")
+        catalog = self.services.catalog
+        visual_q, sentence_q = self._query_vectors(query)
+        # The pool depends on the query and k only (never on the offset), so every page ranks the same set.
+        want = self.pool_size(k)
+        candidates: set[int] = set()
+        # An embedded worker may be adding to the same in-memory indexes.
+        with self.services.index_lock if catalog.in_process else contextlib.nullcontext():
+            catalog.reload_if_changed()  # pick up what other processes published
+            if visual_q is not None:
+                q = torch.nn.functional.normalize(visual_q, dim=-1).numpy().astype(np.float32)
+                candidates.update(catalog.search_videos(q, want))
+            # More passages than videos wanted: a video has several, and approximate indexes need the margin for
+            # recall (BENCHMARKS.md).
+            passage_hits = catalog.search_passages(sentence_q.astype(np.float32), PASSAGES_PER_CANDIDATE * want)
+        with self.services.sessions() as s:
+            if as_of is None:
+                as_of = s.scalar(select(func.max(Video.id))) or 0
+            text_hits = search_segments(s, query, limit=want)
+            # Speech candidates: the `want` videos with the best passage by meaning and the `want` with the best
+            # segment by words, next to the `want` best visual candidates. Separate lists, so that many word
+            # matches can never crowd out the matches by meaning (or the other way round).
+            by_meaning: dict[int, float] = {}
+            if passage_hits:
+                for pid, vid in s.execute(select(Passage.id, Passage.video_id)
+                                          .where(Passage.id.in_(list(passage_hits)))):
+                    by_meaning[vid] = max(by_meaning.get(vid, -1.0), passage_hits[pid])
+            by_words: dict[int, float] = {}
+            for h in text_hits:
+                by_words[h.video_id] = max(by_words.get(h.video_id, -1.0), h.score)
+            for found in (by_meaning, by_words):
+                candidates.update(v for v, _ in heapq.nsmallest(want, found.items(), key=lambda kv: (-kv[1], kv[0])))
+            candidates = {c for c in candidates if c <= as_of}
+            ranked, local = self._score(s, sorted(candidates), query, visual_q, sentence_q,
+                                        {h.segment_id: h.score for h in text_hits})
+            ranked.sort(key=lambda r: (-r.score, r.video_id))
+            if min_score is not None:
+                ranked = [r for r in ranked if r.score >= min_score]
+            results = self._hydrate(s, ranked[offset:offset + k], local, moments)
+        notes = [] if self.services.encoder.available else [self.services.encoder.reason]
+        return SearchPage(results, len(ranked), self.mode, offset, as_of, notes)
+
+    def pool_size(self, k: int) -> int:
+        """Candidates per source (visual ANN, passages by meaning, segments by words): ranked exactly, they are
+        all the results a query can page through."""
+        return max(self.ann_candidates, 4 * k)
+
+    def _score(self, s, video_ids: list[int], query: str, visual_q, sentence_q: np.ndarray,
+               text_scores: dict[int, float]) -> tuple[list[ScoredCandidate], LocalPassages]:
+        """Every candidate's calibrated channel scores, fused, and its moment, from the few columns scoring needs
+        (hundreds of candidates per query: full rows and ORM objects for all of them would cost more than the
+        model); and the candidates' scored local passages, where the page's other moments come from."""
+        if not video_ids:
+            return [], LocalPassages.empty()
+        videos = s.execute(select(Video.id, Video.model_version, Video.feature_shard, Video.feature_offset,
+                                  Video.pooled)
+                           .where(Video.id.in_(video_ids), Video.status == VideoStatus.INDEXED)).all()
+        text, local = self._text_scores(s, [v.id for v in videos], query, sentence_q, text_scores)
+        visual = self._visual_scores(videos, visual_q)
+        ranking = self.ranking
+        out = []
+        for v in videos:
+            raw_s, speech_moment = text[Source.SPEECH].get(v.id, (None, None))
+            raw_o, screen_moment = text[Source.SCREEN].get(v.id, (None, None))
+            raw_v = visual.get(v.id)
+            p_s = None if raw_s is None else float(calibrate(raw_s, ranking.speech_calibration))
+            p_o = None if raw_o is None else float(calibrate(raw_o, ranking.screen_calibration))
+            p_v = None if raw_v is None else float(calibrate(raw_v, ranking.visual_calibration))
+            score = 1.0 - (1.0 - (p_v or 0.0)) * (1.0 - (p_s or 0.0)) * (1.0 - (p_o or 0.0))
+            # The moment comes from the text channel that is surer (speech on a tie); either may lack a local one.
+            surer, other = ((screen_moment, speech_moment) if (p_o or 0.0) > (p_s or 0.0)
+                            else (speech_moment, screen_moment))
+            out.append(ScoredCandidate(v.id, round(score, 6), _round(p_v), _round(p_s),
+                                       surer if surer is not None else other, raw_s, raw_v, _round(p_o), raw_o))
+        return out, local
+
+    def _idf(self, s, words: list[str]) -> np.ndarray:
+        """BM25's inverse document frequency of each word over all segments (cached for ``IDF_TTL_S``)."""
+        now = time.monotonic()
+        stale = [w for w in words if w not in self._idf_cache or now - self._idf_cache[w][0] > IDF_TTL_S]
+        if stale:
+            df, total = document_frequencies(s, stale)
+            for w in stale:
+                self._idf_cache[w] = (now, df[w], total)
+        values = []
+        for w in words:
+            _, df_w, total = self._idf_cache[w]
+            values.append(math.log(1.0 + (total - df_w + 0.5) / (df_w + 0.5)))
+        return np.array(values, dtype=np.float64)
+
+    def _text_scores(self, s, video_ids: list[int], query: str, sentence_q: np.ndarray,
+                     text_scores: dict[int, float]
+                     ) -> tuple[dict[str, dict[int, tuple[float, int | None]]], LocalPassages]:
+        """Per text channel (speech, screen: ``Ranking.screen``): video id -> (raw score, id of its best local
+        passage in that channel: the moment). Per passage: the cosine of the sentence embeddings plus the lexical
+        term of ``Ranking.lexical``; the best passage per video and channel scores it. Also every local passage
+        with its raw score (``LocalPassages``), for the page's moments."""
+        out: dict[str, dict[int, tuple[float, int | None]]] = {Source.SPEECH: {}, Source.SCREEN: {}}
+        if not video_ids:
+            return out, LocalPassages.empty()
+        ranking = self.ranking
+        stmt = select(Passage.id, Passage.video_id, Passage.first_idx, Passage.last_idx, Passage.start_s,
+                      Passage.end_s, Passage.embedding, Passage.source).where(Passage.video_id.in_(video_ids))
+        if not ranking.passages:
+            stmt = stmt.where(Passage.first_idx == Passage.last_idx)
+        if ranking.screen == "off":
+            stmt = stmt.where(Passage.source == Source.SPEECH)
+        rows = s.execute(stmt).all()
+        if not rows:
+            return out, LocalPassages.empty()
+        pid_col, vid_col, first_col, last_col, start_col, end_col, blobs, source_col = zip(*rows, strict=True)
+        pids, vids = np.array(pid_col), np.array(vid_col)
+        # The channel each passage scores (as-speech: on-screen text is read as if it were said).
+        channels = [Source.SPEECH if ranking.screen == "as-speech" else source for source in source_col]
+        first, last = np.array(first_col), np.array(last_col)
+        matrix = stack_blobs(blobs, sentence_q.shape[-1])  # a passage of another encoder counts 0 until reindexed
+        scores = (matrix.astype(np.float32) @ sentence_q).astype(np.float64)
+        if ranking.lexical == "coverage" and ranking.lexical_weight:
+            scores += ranking.lexical_weight * self._coverage(s, video_ids, query, vids, first, last)
+        elif ranking.lexical == "max-fulltext" and text_scores:
+            seg_ids = self._segment_ids(s, video_ids)
+            for i in np.flatnonzero(first == last).tolist():
+                seg_id = seg_ids.get((int(vids[i]), int(first[i])))
+                if seg_id in text_scores:
+                    scores[i] = max(scores[i], text_scores[seg_id])
+        windows = (last - first) < MAX_WINDOW  # local passages: single segments and windows (not the whole)
+        local = windows if ranking.moment == "passage" else first == last
+        # Per video and channel: the best passage scores it; the moment is the best local passage (earliest, then
+        # shortest, among equals), or (``segment-in-window``) the best segment inside the best local passage.
+        starts = np.array(start_col, dtype=np.float64)
+        best_score: dict[tuple[int, str], float] = {}
+        moment: dict[tuple[int, str], int] = {}
+        best_window: dict[tuple[int, str], int] = {}
+        order = np.lexsort((last - first, starts, -scores, vids)).tolist()
+        for i in order:
+            key = (int(vids[i]), channels[i])
+            best_score.setdefault(key, float(scores[i]))
+            if ranking.moment == "segment-in-window":
+                if windows[i]:
+                    best_window.setdefault(key, i)
+            elif local[i]:
+                moment.setdefault(key, int(pids[i]))
+        if best_window:
+            for i in order:
+                w = best_window.get((int(vids[i]), channels[i]))
+                if local[i] and w is not None and first[w] <= first[i] <= last[w]:
+                    moment.setdefault((int(vids[i]), channels[i]), int(pids[i]))
+        for (vid, channel), sc in best_score.items():
+            out[channel][vid] = (sc, moment.get((vid, channel)))
+        keep = np.flatnonzero(local)
+        screen = np.array([c == Source.SCREEN for c in channels], dtype=bool)
+        local_passages = LocalPassages(pids[keep], vids[keep], scores[keep], screen[keep], starts[keep],
+                                       np.array(end_col, dtype=np.float64)[keep], (last - first)[keep])
+        return out, local_passages
+
+    @staticmethod
+    def _segment_ids(s, video_ids: list[int]) -> dict[tuple[int, int], int]:
+        return {(vid, idx): sid for sid, vid, idx in s.execute(
+            select(Segment.id, Segment.video_id, Segment.idx).where(Segment.video_id.in_(video_ids)))}
+
+    def _coverage(self, s, video_ids: list[int], query: str, vids: np.ndarray, first: np.ndarray,
+                  last: np.ndarray) -> np.ndarray:
+        """Per passage: the IDF-weighted share of the query's content words (normalised, stemmed) it says."""
+        query_words = content_terms(query)
+        if not query_words:
+            return np.zeros(len(vids))
+        wanted = [stem(w) for w in query_words]
+        idf = self._idf(s, query_words)
+        if idf.sum() <= 0:
+            return np.zeros(len(vids))
+        weights = idf / idf.sum()
+        # One bit per query word and segment: a passage says the words of any of its segments.
+        masks: dict[tuple[int, int], int] = {}
+        for vid, idx, norm in s.execute(select(Segment.video_id, Segment.idx, Segment.norm_text)
+                                        .where(Segment.video_id.in_(video_ids))):
+            if not any(w[:4] in norm for w in wanted):  # most segments say none of the words: skip tokenising
+                continue
+            said = stems(words(norm))
+            bits = sum(1 << j for j, w in enumerate(wanted) if w in said)
+            if bits:
+                masks[(int(vid), int(idx))] = bits
+        if not masks:
+            return np.zeros(len(vids))
+        bit_weights = {}
+        out = np.zeros(len(vids))
+        for i in range(len(vids)):
+            vid, a, b = int(vids[i]), int(first[i]), int(last[i])
+            bits = 0
+            for idx in range(a, b + 1):
+                bits |= masks.get((vid, idx), 0)
+            if bits:
+                if bits not in bit_weights:
+                    bit_weights[bits] = float(sum(weights[j] for j in range(len(wanted)) if bits >> j & 1))
+                out[i] = bit_weights[bits]
+        return out
+
+    def _hydrate(self, s, ranked: list[ScoredCandidate], local: LocalPassages,
+                 n_moments: int = MOMENTS_DEFAULT) -> list[SearchResult]:
+        """The full results (names, transcripts, moments) of one page only."""
+        if not ranked:
+            return []
+        ids = [r.video_id for r in ranked]
+        videos = {v.id: v for v in s.execute(select(Video.id, Video.filename, Video.duration_s, Video.transcript,
+                                                     Video.language, Video.thumbnail_path)
+                                              .where(Video.id.in_(ids)))}
+        chosen = self._moments(ranked, local, n_moments)
+        passage_ids = [pid for picks in chosen.values() for pid, _ in picks]
+        passages = {p.id: p for p in s.execute(select(Passage.id, Passage.video_id, Passage.first_idx,
+                                                      Passage.last_idx, Passage.start_s, Passage.end_s, Passage.source)
+                                               .where(Passage.id.in_(passage_ids)))} if passage_ids else {}
+        texts: dict[tuple[int, int], str] = {}
+        if passages:
+            wanted = {(p.video_id, i) for p in passages.values() for i in range(p.first_idx, p.last_idx + 1)}
+            for vid, idx, text in s.execute(select(Segment.video_id, Segment.idx, Segment.text)
+                                            .where(Segment.video_id.in_({v for v, _ in wanted}))):
+                if (vid, idx) in wanted:
+                    texts[(vid, idx)] = text
+        out = []
+        for r in ranked:
+            video = videos.get(r.video_id)
+            if video is None:  # deleted between scoring and now (same session: only on read-committed backends)
+                continue
+            moments = []
+            for pid, score in chosen.get(r.video_id, []):
+                if (p := passages.get(pid)) is not None:
+                    text = " ".join(t for i in range(p.first_idx, p.last_idx + 1)
+                                    if (t := texts.get((p.video_id, i))))
+                    moments.append((pid, ScoredMoment(p.start_s, p.end_s, text, p.source, score)))
+            segment = None
+            if moments and moments[0][0] == r.passage_id:  # the best moment, as ever: the first of the moments
+                first = moments[0][1]
+                segment = Moment(first.start, first.end, first.text, first.source)
+            else:
+                moments = []  # its passage is gone (deleted since scoring): no moment, as before
+            out.append(SearchResult(r.video_id, video.filename, r.score, r.visual_score, r.speech_score,
+                                    video.duration_s, video.transcript, segment, video.language,
+                                    video.thumbnail_path, r.raw_speech, r.raw_visual, r.screen_score, r.raw_screen,
+                                    [m for _, m in moments]))
+        return out
+
+    def _moments(self, ranked: list[ScoredCandidate], local: LocalPassages,
+                 n: int) -> dict[int, list[tuple[int, float]]]:
+        """Per video of the page: its moments as (passage id, calibrated score), the first being its ``passage_id``
+        (the ``segment``), the rest from ``choose_moments`` over its local passages of both text channels, each
+        scored by its own channel's map (the one that gives the video its channel score)."""
+        page = local.of([r.video_id for r in ranked if r.passage_id is not None])
+        if not len(page.passage_id):
+            return {}
+        ranking = self.ranking
+        scores = np.where(page.screen, calibrate(page.raw, ranking.screen_calibration),
+                          calibrate(page.raw, ranking.speech_calibration))
+        order = np.argsort(page.video_id, kind="stable")
+        groups = np.split(order, np.flatnonzero(np.diff(page.video_id[order])) + 1)
+        rows = {int(page.video_id[g[0]]): g for g in groups}
+        out = {}
+        for r in ranked:
+            g = rows.get(r.video_id)
+            if g is None or r.passage_id is None:
+                continue
+            at = np.flatnonzero(page.passage_id[g] == r.passage_id)
+            if not len(at):
+                continue
+            picks = choose_moments(scores[g], page.start[g], page.end[g], page.length[g], int(at[0]), n)
+            out[r.video_id] = [(int(page.passage_id[g][i]), round(float(scores[g][i]), 6)) for i in picks]
+        return out
+
+    def _readable(self, videos: list) -> tuple[list, np.ndarray, np.ndarray]:
+        assert self.store is not None
+        ok, frames, masks = [], [], []
+        for v in videos:
+            try:
+                f, m = (x[0] for x in self.store.read_many([FeatureRef(v.feature_shard, v.feature_offset, v.id)]))
+            except FeatureStoreError as exc:
+                log.error("stored features of video %s are unreadable (%s); run `save-search reindex`", v.id, exc)
+                continue
+            ok.append(v)
+            frames.append(f)
+            masks.append(m)
+        if not ok:
+            return [], np.zeros(0), np.zeros(0)
+        return ok, np.stack(frames), np.stack(masks)
+
+    def _visual_scores(self, videos: list, visual_q) -> dict[int, float]:
+        encoder = self.services.encoder
+        if visual_q is None or self.store is None:
+            return {}
+        version = encoder.status().model_version
+        usable = [v for v in videos if v.model_version == version and v.feature_shard is not None]
+        if not usable:
+            return {}
+        try:
+            frames, masks = self.store.read_many([FeatureRef(v.feature_shard, v.feature_offset, v.id) for v in usable])
+        except FeatureStoreError:
+            usable, frames, masks = self._readable(usable)  # one damaged record must not break the search
+            if not usable:
+                return {}
+        pooled = stack_blobs([v.pooled for v in usable], frames.shape[-1])
+        with self._model_lock:
+            scores = encoder.score(visual_q, frames, masks, pooled)
+        return {v.id: float(sc) for v, sc in zip(usable, scores, strict=True)}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)

@@ -1,0 +1,108 @@
+"""No speech lost: the speech regions the VAD finds are checked against the words the decode returned, and a
+stretch of speech left without words is decoded again on its own (``indexer.inference.asr``). Pure parts here
+(clips, gaps, coverage, long pieces, the resumable state); the real model on real recordings at the end."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from indexer.inference.asr import (
+    CLIP_MAX_S,
+    MAX_PIECE_S,
+    SAMPLE_RATE,
+    AsrState,
+    Segment,
+    Transcriber,
+    clause_pieces,
+    covered_seconds,
+    join_holes,
+    merge_regions,
+    uncovered,
+)
+from indexer.inference.language import LanguageDecision
+from tests.media_fixtures import MEDIA, read_mono_16k
+
+SPEECH = MEDIA / "speech"
+needs_speech = pytest.mark.skipif(not (SPEECH / "jfk.flac").is_file(), reason=f"test media not found at {MEDIA}")
+
+
+def test_regions_join_into_clips_of_one_window_and_long_pauses_split_them() -> None:
+    regions = [(0.0, 5.0), (5.5, 12.0), (13.0, 29.0), (29.5, 40.0), (45.0, 50.0)]
+    clips = merge_regions(regions)
+    assert clips == [(0.0, 29.0), (29.5, 40.0), (45.0, 50.0)]  # 29.5-40 would pass 30 s; 45 follows a 5 s pause
+    assert all(b - a <= CLIP_MAX_S for a, b in clips)
+    assert merge_regions([(0.0, 70.0)]) == [(0.0, 30.0), (30.0, 60.0), (60.0, 70.0)]  # one very long region
+
+
+def test_speech_without_words_is_found_and_counted() -> None:
+    regions = [(0.0, 10.0), (12.0, 20.0)]
+    words = [(0.2, 0.8), (1.0, 4.0), (4.1, 9.6), (12.1, 13.0)]  # nothing said after 13.0 s: a dropped sentence
+    assert uncovered(regions, words) == [(13.5, 20.0)]
+    assert covered_seconds(regions, words) == pytest.approx(18.0 - 6.5)
+    assert uncovered(regions, [(0.0, 10.0), (12.0, 19.4)]) == []  # within half a second of a word is covered
+    assert uncovered([(0.0, 1.2)], []) == [(0.0, 1.2)] and uncovered([(0.0, 0.8)], []) == []  # under 1 s: ignored
+
+
+def test_stretches_without_words_are_decoded_together_unless_something_was_said_between() -> None:
+    holes = [(60.3, 63.1), (65.4, 71.2), (80.0, 82.0)]  # JFK's sentence split by a quiet "ask not", then more
+    assert join_holes(holes, []) == [(60.3, 71.2), (80.0, 82.0)]  # 2.3 s apart: one span; 8.8 s: two
+    assert join_holes(holes, [(64.0, 64.5)]) == holes  # a word in between: apart, so it is not said twice
+    assert join_holes([(0.0, 20.0), (22.0, 40.0)], []) == [(0.0, 20.0), (22.0, 40.0)]  # no span over 30 s
+
+
+def word(start: float, end: float, text: str) -> SimpleNamespace:
+    return SimpleNamespace(start=start, end=end, word=f" {text}")
+
+
+def test_a_long_piece_without_punctuation_is_cut_at_its_longest_pause() -> None:
+    words = [word(t, t + 0.4, f"w{i}") for i, t in enumerate(np.arange(0.0, 24.0, 0.5))]
+    words[20] = word(10.0, 10.2, "w20")  # a pause after w20: 10.2 -> 10.5 is the longest
+    pieces = clause_pieces(0.0, 24.0, "", words)
+    assert all(b - a <= MAX_PIECE_S for a, b, _ in pieces) and len(pieces) >= 3
+    assert " ".join(t for _, _, t in pieces) == " ".join(w.word.strip() for w in words)  # nothing lost or doubled
+    assert any(b == pytest.approx(10.2) for _, b, _ in pieces)  # one cut sits in that pause
+
+
+def test_the_state_survives_json_and_resumes_where_it_stopped() -> None:
+    decision = LanguageDecision("en", 0.6, "cy", True, "compared", "compared", (("cy", 0.6), ("en", 0.3)))
+    state = AsrState(offset=48_000, chunks=2, segments=[Segment(0.0, 2.5, "hello there")], decision=decision,
+                     speech_s=2.6, transcribed_s=2.5, redecoded=1, empty=0)
+    back = AsrState.from_json(json.loads(json.dumps(state.to_json())))
+    assert back == state
+    assert back.transcript().language == "en" and back.transcript().text == "hello there"
+
+
+@needs_speech
+@pytest.mark.slow
+def test_a_dropped_stretch_of_speech_is_decoded_again(monkeypatch, save_search_home) -> None:
+    """The English-then-German multilingual.mp3 followed by jfk.flac (the case the issue measured): first the real
+    pipeline keeps JFK's sentence; then a decode that loses every word of it (as sequential Whisper without the
+    previous text did) is caught by the coverage check and the sentence is recovered by a second decode."""
+    audio = np.concatenate([read_mono_16k(SPEECH / "multilingual.mp3"), np.zeros(SAMPLE_RATE // 2, np.float32),
+                            read_mono_16k(SPEECH / "jfk.flac")])
+    jfk_start = (len(audio) - len(read_mono_16k(SPEECH / "jfk.flac"))) / SAMPLE_RATE
+    t = Transcriber(device="cpu")
+    plain = t.transcribe(audio)
+    assert "ask not what your country can do for you" in plain.text.lower()
+    assert plain.empty_regions == 0 and plain.transcribed_seconds >= 0.95 * plain.speech_seconds
+
+    decode_clips = t._decode_clips
+
+    calls: list[list] = []
+
+    def losing_jfk(audio, clips, language):
+        calls.append(list(clips))
+        for s in decode_clips(audio, clips, language):
+            if len(calls) > 1 or s.end <= jfk_start + 0.5:  # the first decode "skips" all after the German passage
+                yield s
+
+    monkeypatch.setattr(t, "_decode_clips", losing_jfk)
+    recovered = t.transcribe(audio)
+    assert recovered.redecoded_regions >= 1 and recovered.empty_regions == 0
+    assert "ask not what your country can do for you" in recovered.text.lower()
+    spoken = [s for s in recovered.segments if "country" in s.text.lower()]
+    assert spoken and all(s.start >= jfk_start - 1.0 for s in spoken)  # at JFK's place on the timeline
