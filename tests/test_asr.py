@@ -20,12 +20,12 @@ from indexer.inference.asr import (
     TOKENS_PER_SPEECH_SECOND,
     Transcriber,
     Transcript,
-    _chunks,
-    _quietest_cut,
     resolve_compute_type,
     token_cap,
 )
 from indexer.inference.asr_quality import corpus_wer, normalize_text, word_edits, word_error_rate
+from indexer.inference.audio_blocks import quiet_chunks as _chunks
+from indexer.inference.audio_blocks import quietest_cut as _quietest_cut
 from indexer.inference.language import DEFAULT_MIN_LANGUAGE_PROBABILITY, decide_language
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "data" / "media"

@@ -11,18 +11,14 @@ import numpy as np
 import pytest
 
 from indexer.inference.asr import (
-    CLIP_MAX_S,
     MAX_PIECE_S,
     SAMPLE_RATE,
     AsrState,
     Segment,
     Transcriber,
     clause_pieces,
-    covered_seconds,
-    join_holes,
-    merge_regions,
-    uncovered,
 )
+from indexer.inference.coverage import CLIP_MAX_S, covered_seconds, join_holes, merge_regions, uncovered
 from indexer.inference.language import LanguageDecision
 from tests.media_fixtures import MEDIA, read_mono_16k
 

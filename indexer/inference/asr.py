@@ -42,7 +42,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from indexer.inference.audio_blocks import (
+    MAX_SEARCH_S,
+    SAMPLE_RATE,
+    array_blocks,
+    decode_media_blocks,
+    file_blocks,
+    quiet_chunks,
+    to_float32,
+)
 from indexer.inference.base import InferenceModel, device_kind_and_index
+from indexer.inference.coverage import (
+    CLIP_MAX_S,
+    HOLE_PAD_S,
+    VAD_MIN_SILENCE_MS,
+    covered_seconds,
+    join_holes,
+    merge_regions,
+    uncovered,
+    word_spans,
+)
 from indexer.inference.language import (
     DEFAULT_MIN_LANGUAGE_PROBABILITY,
     LanguageDecision,
@@ -61,24 +80,6 @@ __all__ = ["SAMPLE_RATE", "AsrState", "Segment", "Transcriber", "Transcript"]
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
-# Cuts between chunks go to the centre of the quietest window of this length near the boundary.
-_QUIET_WINDOW_S = 0.5
-_ENERGY_FRAME = 160  # 10 ms frames for the quietness search
-# Chunks may end up to this far from ``chunk_seconds`` (a quarter of it, at most 30 s).
-_MAX_SEARCH_S = 30.0
-# Arrays are fed to the chunker in blocks of this many samples (views: a memmap is read lazily).
-_BLOCK_SAMPLES = 30 * SAMPLE_RATE
-# Speech regions: the VAD settings faster-whisper's batched pipeline uses (pauses of 160 ms split regions), joined into
-# clips of at most Whisper's 30 s window; a longer pause starts a new clip (what lies between is not decoded).
-VAD_MIN_SILENCE_MS = 160
-CLIP_MAX_S = 30.0
-CLIP_GAP_S = 2.0
-# Speech this long without a word within WORD_PAD_S is decoded again on its own (what a decode skipped).
-HOLE_MIN_S = 1.0
-WORD_PAD_S = 0.5
-HOLE_GAP_S = 5.0  # stretches without words this close (and nothing said between them) are decoded together
-HOLE_PAD_S = 0.2  # such a stretch is decoded with this much audio around it (less than WORD_PAD_S: no word twice)
 DEFAULT_BATCH_SIZE = 8  # clips decoded together (BENCHMARKS.md, "Long videos")
 WHISPER_MAX_NEW_TOKENS = 448 - 4  # Whisper's decoder length minus the start-of-transcript prompt
 TOKENS_PER_SPEECH_SECOND = 15  # generous: English runs ~4-6 tokens/s with timestamps, CJK scripts up to ~15
@@ -258,10 +259,10 @@ class Transcriber(InferenceModel["WhisperModel"]):
         if isinstance(audio, str | os.PathLike):
             if resume is not None:
                 raise ValueError("a media file is decoded as a stream: resume from its PCM samples instead")
-            return self._transcribe_blocks(_decode_media_blocks(Path(audio)), None, None, checkpoint, None)
+            return self._transcribe_blocks(decode_media_blocks(Path(audio)), None, None, checkpoint, None)
         total = len(audio)
         start = resume.offset if resume is not None else 0
-        return self._transcribe_blocks(_array_blocks(audio[start:]), total, progress, checkpoint, resume)
+        return self._transcribe_blocks(array_blocks(audio[start:]), total, progress, checkpoint, resume)
 
     def transcribe_pcm_file(self, path: str | os.PathLike[str], *,
                             progress: Callable[[float], None] | None = None,
@@ -276,7 +277,7 @@ class Transcriber(InferenceModel["WhisperModel"]):
         if path.stat().st_size % 2:
             log.warning("%s: odd byte count, last byte ignored", path)
         start = resume.offset if resume is not None else 0
-        return self._transcribe_blocks(_file_blocks(path, start, total), total, progress, checkpoint, resume)
+        return self._transcribe_blocks(file_blocks(path, start, total), total, progress, checkpoint, resume)
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -294,15 +295,15 @@ class Transcriber(InferenceModel["WhisperModel"]):
                            checkpoint: Callable[[AsrState], None] | None, resume: AsrState | None) -> Transcript:
         state = resume.copy() if resume is not None else AsrState(decision=self._initial_decision())
         chunk = int(round(self.chunk_seconds * SAMPLE_RATE))
-        search = int(round(min(self.chunk_seconds / 4, _MAX_SEARCH_S) * SAMPLE_RATE))
-        for pcm in _chunks(blocks, chunk, search):
+        search = int(round(min(self.chunk_seconds / 4, MAX_SEARCH_S) * SAMPLE_RATE))
+        for pcm in quiet_chunks(blocks, chunk, search):
             t0, length = state.offset / SAMPLE_RATE, len(pcm) / SAMPLE_RATE
 
             def advanced(seconds: float, t0: float = t0) -> None:
                 if progress is not None and total:
                     progress(min(1.0, (t0 + seconds) * SAMPLE_RATE / total))
 
-            pieces = self._transcribe_chunk(_to_float32(pcm), state, advanced)
+            pieces = self._transcribe_chunk(to_float32(pcm), state, advanced)
             # Whisper's timestamps can run past the end of the audio it was given: clamp to the chunk.
             state.segments += [Segment(round(t0 + min(a, length), 2), round(t0 + min(b, length), 2), text)
                                for a, b, text in pieces]
@@ -335,7 +336,7 @@ class Transcriber(InferenceModel["WhisperModel"]):
                 advanced(float(segment.end))
         # What the decode left without words, joined where nothing was said in between (a dropped sentence is often
         # several VAD regions: decoded together it keeps its context), widened a little into the word-free margin.
-        spans = _word_spans(segments)
+        spans = word_spans(segments)
         holes = join_holes(uncovered(regions, spans), spans)
         length = len(audio) / SAMPLE_RATE
         for a, b in holes:
@@ -350,7 +351,7 @@ class Transcriber(InferenceModel["WhisperModel"]):
                 state.empty += 1
                 log.warning("speech at %.1f-%.1f s of a chunk stays without text after decoding it again", a, b)
         state.speech_s += sum(b - a for a, b in regions)
-        state.transcribed_s += covered_seconds(regions, _word_spans(segments))
+        state.transcribed_s += covered_seconds(regions, word_spans(segments))
         segments.sort(key=lambda s: (float(s.start), float(s.end)))
         return [piece for s in segments
                 for piece in clause_pieces(float(s.start), float(s.end), s.text,
@@ -457,167 +458,8 @@ class AsrState:
         return cls(**{**d, "segments": [Segment(*s) for s in d["segments"]], "decision": decision})
 
 
-def merge_regions(regions: Sequence[tuple[float, float]], max_s: float = CLIP_MAX_S,
-                  max_gap_s: float = CLIP_GAP_S) -> list[tuple[float, float]]:
-    """Speech regions joined into clips of at most ``max_s`` seconds (Whisper's window), a pause longer than
-    ``max_gap_s`` starting a new clip (a clip is one contiguous slice: what lies between its regions is decoded
-    too, so music or noise between speech stays out). A region longer than ``max_s`` is cut into pieces."""
-    clips: list[tuple[float, float]] = []
-    for a, b in regions:
-        while b - a > max_s:
-            clips.append((a, a + max_s))
-            a += max_s
-        if clips and b - clips[-1][0] <= max_s and a - clips[-1][1] <= max_gap_s:
-            clips[-1] = (clips[-1][0], b)
-        else:
-            clips.append((a, b))
-    return clips
-
-
-def join_holes(holes: Sequence[tuple[float, float]], spans: Sequence[tuple[float, float]],
-               max_s: float = CLIP_MAX_S, max_gap_s: float = HOLE_GAP_S) -> list[tuple[float, float]]:
-    """Stretches without words joined into spans of at most ``max_s`` seconds when the pause between two is at
-    most ``max_gap_s`` and holds no word (decoding it again then repeats nothing already said)."""
-    out: list[tuple[float, float]] = []
-    for a, b in holes:
-        if out and b - out[-1][0] <= max_s and a - out[-1][1] <= max_gap_s \
-                and not any(c < a and d > out[-1][1] for c, d in spans):
-            out[-1] = (out[-1][0], b)
-        else:
-            out.append((a, b))
-    return out
-
-
-def _word_spans(segments: Iterable[Any]) -> list[tuple[float, float]]:
-    """Where words were found: each word's time, or a segment's when it has no word timings."""
-    spans = []
-    for s in segments:
-        words = getattr(s, "words", None)
-        if words:
-            spans += [(float(w.start), float(w.end)) for w in words]
-        elif s.text.strip():
-            spans.append((float(s.start), float(s.end)))
-    return spans
-
-
-def _gaps(regions: Sequence[tuple[float, float]], spans: Sequence[tuple[float, float]],
-          pad: float) -> list[tuple[float, float]]:
-    """The parts of ``regions`` farther than ``pad`` from every span."""
-    covered = sorted((a - pad, b + pad) for a, b in spans)
-    out = []
-    for a, b in regions:
-        t = a
-        for c, d in covered:
-            if d <= t:
-                continue
-            if c >= b:
-                break
-            if c > t:
-                out.append((t, c))
-            t = max(t, d)
-            if t >= b:
-                break
-        if t < b:
-            out.append((t, b))
-    return out
-
-
-def uncovered(regions: Sequence[tuple[float, float]], spans: Sequence[tuple[float, float]],
-              min_s: float = HOLE_MIN_S, pad: float = WORD_PAD_S) -> list[tuple[float, float]]:
-    """Stretches of speech of at least ``min_s`` seconds without a word (within ``pad``): what a decode
-    skipped, to be decoded again on its own."""
-    return [(a, b) for a, b in _gaps(regions, spans, pad) if b - a >= min_s]
-
-
-def covered_seconds(regions: Sequence[tuple[float, float]], spans: Sequence[tuple[float, float]],
-                    pad: float = WORD_PAD_S) -> float:
-    """Seconds of speech with a word within ``pad``."""
-    return sum(b - a for a, b in regions) - sum(b - a for a, b in _gaps(regions, spans, pad))
-
-
 def _shifted(segment: Any, offset: float) -> Any:
     """A faster-whisper segment (and its words) moved by ``offset`` seconds."""
     words = ([replace(w, start=w.start + offset, end=w.end + offset) for w in segment.words] if segment.words
              else segment.words)
     return replace(segment, start=segment.start + offset, end=segment.end + offset, words=words)
-
-
-def _file_blocks(path: Path, start: int, total: int) -> Iterator[np.ndarray]:
-    """Samples ``start..total`` of a raw s16le file in blocks, each read into a fresh array."""
-    with path.open("rb") as f:
-        f.seek(2 * start)
-        for offset in range(start, total, _BLOCK_SAMPLES):
-            block = np.fromfile(f, dtype="<i2", count=min(_BLOCK_SAMPLES, total - offset))
-            if not len(block):
-                return
-            yield block
-
-
-def _to_float32(pcm: np.ndarray) -> np.ndarray:
-    if pcm.dtype == np.int16 or pcm.dtype == np.dtype(">i2"):
-        audio = pcm.astype(np.float32)
-        audio *= 1.0 / 32768.0  # in place: one float32 copy of the chunk, not two
-        return audio
-    return np.ascontiguousarray(pcm, dtype=np.float32)
-
-
-def _array_blocks(audio: np.ndarray) -> Iterator[np.ndarray]:
-    """Views of ``audio`` in blocks (nothing is copied or converted here)."""
-    if not isinstance(audio, np.ndarray):
-        audio = np.asarray(audio)
-    if audio.ndim == 2 and 1 in audio.shape:
-        audio = audio.reshape(-1)
-    if audio.ndim != 1:
-        raise ValueError(f"expected mono audio (1-D), got shape {audio.shape}")
-    if not (np.issubdtype(audio.dtype, np.floating) or audio.dtype.kind == "i" and audio.dtype.itemsize == 2):
-        raise TypeError(f"expected float or int16 samples, got {audio.dtype}")
-    for start in range(0, len(audio), _BLOCK_SAMPLES):
-        yield audio[start:start + _BLOCK_SAMPLES]
-
-
-def _chunks(blocks: Iterable[np.ndarray], chunk: int, search: int) -> Iterator[np.ndarray]:
-    """Regroup blocks into chunks of about ``chunk`` samples, each cut at the quietest window within
-    ``search`` samples of its nominal end. At most ``chunk + search`` samples (plus one block) are held."""
-    buf: list[np.ndarray] = []
-    held = 0
-    for block in blocks:
-        if not len(block):
-            continue
-        buf.append(block)
-        held += len(block)
-        while held >= chunk + search:
-            data = np.concatenate(buf) if len(buf) > 1 else buf[0]
-            cut = _quietest_cut(data, chunk - search, chunk + search)
-            yield data[:cut]
-            buf, held = [data[cut:]], len(data) - cut
-    if held:
-        yield np.concatenate(buf) if len(buf) > 1 else buf[0]
-
-
-def _quietest_cut(data: np.ndarray, lo: int, hi: int) -> int:
-    """Index at the centre of the quietest 0.5 s of ``data[lo:hi]`` (lowest mean energy), so that a
-    chunk boundary falls in a pause rather than inside a word."""
-    lo, hi = max(lo, 1), min(hi, len(data) - 1)
-    window = int(_QUIET_WINDOW_S * SAMPLE_RATE) // _ENERGY_FRAME
-    frames = (hi - lo) // _ENERGY_FRAME
-    if frames <= window:
-        return (lo + hi) // 2
-    x = np.asarray(data[lo:lo + frames * _ENERGY_FRAME], dtype=np.float64).reshape(frames, _ENERGY_FRAME)
-    energy = np.einsum("ij,ij->i", x, x)
-    sums = np.convolve(energy, np.ones(window), mode="valid")  # sums[k] = energy of frames k..k+window-1
-    best = int(np.argmin(sums))
-    return lo + (best + window // 2) * _ENERGY_FRAME
-
-
-def _decode_media_blocks(path: Path) -> Iterator[np.ndarray]:
-    """Decode a media file's first audio stream to 16 kHz mono int16, frame by frame.
-
-    The same samples as ``ffmpeg -ac 1 -ar 16000 -f s16le`` (and :func:`models.media.read_audio`),
-    but streamed. A file without an audio stream yields nothing (no speech). Corrupt packets are
-    skipped, as the ffmpeg CLI does; a file that cannot be opened raises ``models.media.MediaError``.
-    """
-    from models.media import audio_blocks  # lazy: models.media imports torch
-
-    blocks = audio_blocks(path, SAMPLE_RATE)
-    if blocks is not None:
-        yield from blocks

@@ -1,0 +1,96 @@
+"""Speech coverage: VAD speech regions joined into decode clips, and the stretches of speech that a decode left
+without a word (what is decoded again on its own so that no speech is lost silently)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+# Speech regions: the VAD settings faster-whisper's batched pipeline uses (pauses of 160 ms split regions), joined into
+# clips of at most Whisper's 30 s window; a longer pause starts a new clip (what lies between is not decoded).
+VAD_MIN_SILENCE_MS = 160
+CLIP_MAX_S = 30.0
+CLIP_GAP_S = 2.0
+# Speech this long without a word within WORD_PAD_S is decoded again on its own (what a decode skipped).
+HOLE_MIN_S = 1.0
+WORD_PAD_S = 0.5
+HOLE_GAP_S = 5.0  # stretches without words this close (and nothing said between them) are decoded together
+HOLE_PAD_S = 0.2  # such a stretch is decoded with this much audio around it (less than WORD_PAD_S: no word twice)
+
+
+def merge_regions(regions: Sequence[tuple[float, float]], max_s: float = CLIP_MAX_S,
+                  max_gap_s: float = CLIP_GAP_S) -> list[tuple[float, float]]:
+    """Speech regions joined into clips of at most ``max_s`` seconds (Whisper's window), a pause longer than
+    ``max_gap_s`` starting a new clip (a clip is one contiguous slice: what lies between its regions is decoded
+    too, so music or noise between speech stays out). A region longer than ``max_s`` is cut into pieces."""
+    clips: list[tuple[float, float]] = []
+    for a, b in regions:
+        while b - a > max_s:
+            clips.append((a, a + max_s))
+            a += max_s
+        if clips and b - clips[-1][0] <= max_s and a - clips[-1][1] <= max_gap_s:
+            clips[-1] = (clips[-1][0], b)
+        else:
+            clips.append((a, b))
+    return clips
+
+
+def join_holes(holes: Sequence[tuple[float, float]], spans: Sequence[tuple[float, float]],
+               max_s: float = CLIP_MAX_S, max_gap_s: float = HOLE_GAP_S) -> list[tuple[float, float]]:
+    """Stretches without words joined into spans of at most ``max_s`` seconds when the pause between two is at
+    most ``max_gap_s`` and holds no word (decoding it again then repeats nothing already said)."""
+    out: list[tuple[float, float]] = []
+    for a, b in holes:
+        if out and b - out[-1][0] <= max_s and a - out[-1][1] <= max_gap_s \
+                and not any(c < a and d > out[-1][1] for c, d in spans):
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
+def word_spans(segments: Iterable[Any]) -> list[tuple[float, float]]:
+    """Where words were found: each word's time, or a segment's when it has no word timings."""
+    spans = []
+    for s in segments:
+        words = getattr(s, "words", None)
+        if words:
+            spans += [(float(w.start), float(w.end)) for w in words]
+        elif s.text.strip():
+            spans.append((float(s.start), float(s.end)))
+    return spans
+
+
+def _gaps(regions: Sequence[tuple[float, float]], spans: Sequence[tuple[float, float]],
+          pad: float) -> list[tuple[float, float]]:
+    """The parts of ``regions`` farther than ``pad`` from every span."""
+    covered = sorted((a - pad, b + pad) for a, b in spans)
+    out = []
+    for a, b in regions:
+        t = a
+        for c, d in covered:
+            if d <= t:
+                continue
+            if c >= b:
+                break
+            if c > t:
+                out.append((t, c))
+            t = max(t, d)
+            if t >= b:
+                break
+        if t < b:
+            out.append((t, b))
+    return out
+
+
+def uncovered(regions: Sequence[tuple[float, float]], spans: Sequence[tuple[float, float]],
+              min_s: float = HOLE_MIN_S, pad: float = WORD_PAD_S) -> list[tuple[float, float]]:
+    """Stretches of speech of at least ``min_s`` seconds without a word (within ``pad``): what a decode
+    skipped, to be decoded again on its own."""
+    return [(a, b) for a, b in _gaps(regions, spans, pad) if b - a >= min_s]
+
+
+def covered_seconds(regions: Sequence[tuple[float, float]], spans: Sequence[tuple[float, float]],
+                    pad: float = WORD_PAD_S) -> float:
+    """Seconds of speech with a word within ``pad``."""
+    return sum(b - a for a, b in regions) - sum(b - a for a, b in _gaps(regions, spans, pad))
