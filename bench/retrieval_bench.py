@@ -238,6 +238,8 @@ def variants():
                                                                       lexical_weight=0.1, moment="passage")),
         ("passages + coverage 0.1, moment = best segment of the best window", False,
          dict(passages=True, lexical="coverage", lexical_weight=0.1, moment="segment-in-window")),
+        ("passages + coverage 0.1, moment = best segment grown into a better window", False,
+         dict(passages=True, lexical="coverage", lexical_weight=0.1, moment="segment-grown")),
         ("passages + coverage 0.2", False, dict(passages=True, lexical="coverage", lexical_weight=0.2)),
         ("passages + coverage 0.3", False, dict(passages=True, lexical="coverage", lexical_weight=0.3)),
         ("passages + coverage 0.5", False, dict(passages=True, lexical="coverage", lexical_weight=0.5)),

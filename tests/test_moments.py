@@ -160,6 +160,26 @@ def test_choose_moments_rule() -> None:
     assert MOMENT_MIN_SCORE == 0.02 and MOMENT_RATIO == 0.25
 
 
+def test_a_moment_grows_into_a_window_only_when_the_window_scores_higher() -> None:
+    """``segment-grown``: the best segment becomes the best window holding it (of its video and channel) when that
+    window scores higher; a window that does not hold it, another video's or another channel's, never."""
+    # passages: 0..3 segments of video 1 (idx 0..3), 4 = window 0-1, 5 = window 1-2, 6 = window 2-3 (holds 2, not 1),
+    # 7 = whole transcript (not local), 8 = segment of video 2, 9 = video 2 window 0-1 on the screen channel
+    pids = np.arange(10, 20)
+    vids = np.array([1, 1, 1, 1, 1, 1, 1, 1, 2, 2])
+    first = np.array([0, 1, 2, 3, 0, 1, 2, 0, 0, 0])
+    last = np.array([0, 1, 2, 3, 1, 2, 3, 3, 0, 1])
+    channels = [Source.SPEECH] * 9 + [Source.SCREEN]
+    windows = (last - first) < 3
+    scores = np.array([0.3, 0.6, 0.2, 0.1, 0.65, 0.62, 0.9, 0.95, 0.5, 0.9])
+    moment = {(1, Source.SPEECH): 11, (2, Source.SPEECH): 18}
+    grown = SearchService._grow_moments(moment, pids, vids, channels, first, last, scores, windows)
+    assert grown == {(1, Source.SPEECH): 14, (2, Source.SPEECH): 18}  # 0-1 beats 1-2; 2-3 and the whole do not hold 1
+    scores[4] = scores[5] = 0.6  # a tie keeps the segment
+    assert SearchService._grow_moments(moment, pids, vids, channels, first, last, scores, windows)[(1, Source.SPEECH)] \
+        == 11
+
+
 def test_api_moments_parameter_schema_and_validation(services, collection) -> None:
     from app.main import create_app
 

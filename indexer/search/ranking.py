@@ -59,7 +59,9 @@ class Ranking:
     - ``moment``: the moment is the best single ``segment`` (a clause piece, ``indexer.inference.asr.clause_pieces``),
       the best local ``passage`` (windows included: they win on context and start too early, measured), or the best
       segment inside the best local passage (``segment-in-window``: the window finds the place, the segment the
-      clause; where a paraphrase spans two clause pieces, a single piece elsewhere can outscore each of them).
+      clause; where a paraphrase spans two clause pieces, a single piece elsewhere can outscore each of them), or
+      the best segment grown into the best window holding it when that window scores higher
+      (``segment-grown``: a paraphrase of a whole sentence starts where the sentence starts).
     - ``lexical``: ``coverage`` (cosine + lexical_weight * IDF-weighted share of query words said),
       ``max-fulltext`` (the previous rule: per segment max(cosine, bm25 / (1 + bm25))) or ``none`` (dense only).
     - ``screen``: on-screen text is its own ``channel`` (own calibration, fused), read ``as-speech`` (its passages

@@ -262,13 +262,37 @@ class SearchService:
                 w = best_window.get((int(vids[i]), channels[i]))
                 if local[i] and w is not None and first[w] <= first[i] <= last[w]:
                     moment.setdefault((int(vids[i]), channels[i]), int(pids[i]))
+        grown = np.zeros(len(pids), dtype=bool)
+        if ranking.moment == "segment-grown" and moment:
+            moment = self._grow_moments(moment, pids, vids, channels, first, last, scores, windows)
+            grown = np.isin(pids, np.fromiter(moment.values(), dtype=np.int64))
         for (vid, channel), sc in best_score.items():
             out[channel][vid] = (sc, moment.get((vid, channel)))
-        keep = np.flatnonzero(local)
+        keep = np.flatnonzero(local | grown)
         screen = np.array([c == Source.SCREEN for c in channels], dtype=bool)
         local_passages = LocalPassages(pids[keep], vids[keep], scores[keep], screen[keep], starts[keep],
                                        np.array(end_col, dtype=np.float64)[keep], (last - first)[keep])
         return out, local_passages
+
+    @staticmethod
+    def _grow_moments(moment: dict[tuple[int, str], int], pids: np.ndarray, vids: np.ndarray, channels: list[str],
+                      first: np.ndarray, last: np.ndarray, scores: np.ndarray,
+                      windows: np.ndarray) -> dict[tuple[int, str], int]:
+        """Each moment segment replaced by the best window that holds it when that window scores higher:
+        a query that paraphrases a whole sentence matches the sentence's clause pieces together better than any one
+        of them, and its moment should start where the sentence starts; a query for one line does not, and keeps
+        its line."""
+        row = {int(p): i for i, p in enumerate(pids.tolist())}
+        at = {key: row[pid] for key, pid in moment.items()}
+        best = {key: (float(scores[i]), 0, int(pids[i])) for key, i in at.items()}
+        for w in np.flatnonzero(windows & (last > first)).tolist():
+            key = (int(vids[w]), channels[w])
+            i = at.get(key)
+            if i is not None and first[w] <= first[i] <= last[w]:
+                cand = (float(scores[w]), -int(last[w] - first[w]), int(pids[w]))
+                if cand[:2] > best[key][:2]:
+                    best[key] = cand
+        return {key: pid for key, (_, _, pid) in best.items()}
 
     @staticmethod
     def _segment_ids(s, video_ids: list[int]) -> dict[tuple[int, int], int]:
