@@ -40,7 +40,7 @@ def test_speech_without_words_is_found_and_counted() -> None:
     assert uncovered(regions, words) == [(13.5, 20.0)]
     assert covered_seconds(regions, words) == pytest.approx(18.0 - 6.5)
     assert uncovered(regions, [(0.0, 10.0), (12.0, 19.4)]) == []  # within half a second of a word is covered
-    assert uncovered([(0.0, 1.2)], []) == [(0.0, 1.2)] and uncovered([(0.0, 0.8)], []) == []  # under 1 s: ignored
+    assert uncovered([(0.0, 0.6)], []) == [(0.0, 0.6)] and uncovered([(0.0, 0.4)], []) == []  # under 0.5 s: ignored
 
 
 def test_stretches_without_words_are_decoded_together_unless_something_was_said_between() -> None:

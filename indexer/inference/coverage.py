@@ -11,8 +11,10 @@ from typing import Any
 VAD_MIN_SILENCE_MS = 160
 CLIP_MAX_S = 30.0
 CLIP_GAP_S = 2.0
-# Speech this long without a word within WORD_PAD_S is decoded again on its own (what a decode skipped).
-HOLE_MIN_S = 1.0
+# Speech this long without a word within WORD_PAD_S is decoded again on its own (what a decode skipped). Half a
+# second, not the ~1 s first planned: on the 30-minute benchmark the utterances still lost were a short "five
+# five" (0.9 s of speech), recovered at 0.5 (BENCHMARKS.md, "Long videos").
+HOLE_MIN_S = 0.5
 WORD_PAD_S = 0.5
 HOLE_GAP_S = 5.0  # stretches without words this close (and nothing said between them) are decoded together
 HOLE_PAD_S = 0.2  # such a stretch is decoded with this much audio around it (less than WORD_PAD_S: no word twice)
