@@ -18,8 +18,8 @@ from app.cli.common import (
     ServerOpt,
     app,
     echo_model,
+    echo_results,
     fail,
-    moment_line,
     open_services,
     open_settings,
     setup_logging,
@@ -196,13 +196,7 @@ def search(
 
         echo_model(search_response(service, query, k, page))
         return
-    if not page.results:
-        typer.echo("no results")
-    for rank, r in enumerate(page.results, 1):
-        moment = f" {moment_line(r.segment)}" if r.segment else ""
-        typer.echo(f"{rank:>2}. {r.filename} (video {r.video_id}) score {r.score:.3f}{moment}")
-        for m in r.moments[1:]:
-            typer.echo(f"      + {moment_line(m)} (score {m.score:.3f})")
+    echo_results(page.results)
 
 
 @app.command("evaluate-search")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -84,3 +85,15 @@ def moment_line(m: Any) -> str:
     """A moment (the service's or the API's: start, end, text, source) as the search command prints it."""
     where = "on screen, " if m.source == "screen" else ""
     return f"[{where}{m.start:.1f}-{m.end:.1f}s] {m.text}"
+
+
+def echo_results(results: Sequence[Any]) -> None:
+    """Search results (the service's or the API's) as the search command prints them, in-process or on a server:
+    one line per result with its best moment, its other moments on indented lines starting with "+"."""
+    if not results:
+        typer.echo("no results")
+    for rank, r in enumerate(results, 1):
+        moment = f" {moment_line(r.segment)}" if r.segment else ""
+        typer.echo(f"{rank:>2}. {r.filename} (video {r.video_id}) score {r.score:.3f}{moment}")
+        for m in r.moments[1:]:
+            typer.echo(f"      + {moment_line(m)} (score {m.score:.3f})")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from app.cli.common import echo_model, fail, moment_line
+from app.cli.common import echo_model, echo_results, fail
 
 if TYPE_CHECKING:
     from app.client import Client, JobItemOut, JobOut, UploadAccepted
@@ -80,13 +80,7 @@ def search(server: str, api_key: str | None, query: str, k: int, as_json: bool, 
         echo_model(page)
         return
     typer.secho(f"model mode: {page.mode} (server {client.base_url})", err=True, fg=typer.colors.YELLOW)
-    if not page.results:
-        typer.echo("no results")
-    for rank, r in enumerate(page.results, 1):
-        moment = f" {moment_line(r.segment)}" if r.segment else ""
-        typer.echo(f"{rank:>2}. {r.filename} (video {r.video_id}) score {r.score:.3f}{moment}")
-        for m in r.moments[1:]:
-            typer.echo(f"      + {moment_line(m)} (score {m.score:.3f})")
+    echo_results(page.results)
 
 
 # ---------------------------------------------------------------------------------------------------------- ingest
