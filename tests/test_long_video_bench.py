@@ -144,16 +144,6 @@ def test_moments_work_before_and_after_the_moments_list():
     assert lvb.moments_of({"segment": None}) == []
 
 
-def test_replace_section(tmp_path):
-    path = tmp_path / "B.md"
-    path.write_text("# Benchmarks\n\n### A (1)\n\nold a\n\n### Long videos, 30m: x (1)\n\nold\n\n### C (1)\n\nc\n")
-    lvb.replace_section("### Long videos, 30m: x (", "### Long videos, 30m: x (2)\n\nnew\n", path)
-    text = path.read_text()
-    assert "old\n" not in text and "new" in text and text.index("### A") < text.index("new") < text.index("### C")
-    lvb.replace_section("### Long videos, 2h: x (", "### Long videos, 2h: x (2)\n\ntwo\n", path)
-    assert path.read_text().rstrip().endswith("two")
-
-
 def test_wer_keeps_a_segment_stretched_over_music_with_its_speech(mini, sources):
     truth = json.loads(json.dumps(mini.ground_truth(sources)))
     ps = truth["placements"]
