@@ -394,6 +394,25 @@ def insert_segments(services, n_videos: int, per_video: int, seed: int, batch: i
     return time.perf_counter() - start
 
 
+def point_rows(services, col: Collection, milvus: bool) -> None:
+    """Point the video rows at the frame store the next backend reads: the shard files (FAISS) or the database's
+    ``video_frames`` rows an earlier Milvus run copied (``copy_frame_features`` re-points the rows it copies), so
+    both backends can take turns on one database without copying the frames again."""
+    from sqlalchemy import select, update
+
+    from indexer.storage.db import Video, VideoFrames
+    from indexer.storage.sql_frames import DB_SHARD
+
+    with services.sessions.begin() as s:
+        if milvus:
+            s.execute(update(Video).where(Video.id.in_(select(VideoFrames.video_id)))
+                      .values(feature_shard=DB_SHARD, feature_offset=0))
+            return
+        ids = np.arange(1, col.n + 1)
+        s.execute(update(Video), [{"id": int(v), "feature_shard": r.shard, "feature_offset": r.offset}
+                                  for v, r in zip(ids.tolist(), col.refs(ids), strict=True)])
+
+
 def make_long(services, video_ids: Sequence[int], per_video: int, seed: int) -> float:
     """Turn ``video_ids`` into long videos: their transcripts replaced by ``per_video`` segments of 3 s (534
     segments: ~27 min and 1,600 passages, what a 31-minute talk gets), as the worker would have committed them."""
