@@ -421,10 +421,14 @@ def render(results: dict[int, dict[str, object]], text: dict[str, list[float]], 
     if e2e_rows:
         parts += ["`GET /v1/search?k=10` end to end (real app through TestClient, a new query each time so the "
                   "query cache never hits, default settings: index type by `choose_index_type`, "
-                  "`DEFAULT_EF_SEARCH`/`DEFAULT_NPROBE`, SearchService's `ann_candidates`), first on videos without "
-                  "transcripts, then with synthetic transcripts (12 real English words per segment, random "
-                  "embeddings: the full-text and segment parts do real work). `SearchService.search` is the same "
-                  "call without HTTP:", "",
+                  "`DEFAULT_EF_SEARCH`/`DEFAULT_NPROBE`, SearchService's `ann_candidates`; on Milvus, Milvus Lite "
+                  "as a gRPC server process on this machine, frame features in the database's `video_frames`, the "
+                  "frame cache at its default size), on videos with synthetic transcripts (12 real English words per "
+                  "3-s segment, passages as the worker writes them: every segment, every window of up to 3, the "
+                  "whole transcript, random MiniLM-sized embeddings: the full-text and passage parts do real work), "
+                  "then with long videos mixed in (their transcripts replaced by many more segments, spread over "
+                  "the ids). One SQLite database; the backends take turns on it. `SearchService.search` is the "
+                  "same call without HTTP. `CPU ms per call` counts this process and the Milvus server:", "",
                   md_table(["videos", "transcripts", "passages", "backend", "index", "ann_candidates",
                             "/search p50 ms", "p99 ms", "SearchService.search p50 ms",
                             "p50 minus CLIP text p50 (goal on FAISS: <= 20)",
