@@ -11,11 +11,12 @@ never mixes spaces and several deployments can share one Milvus through their pr
   written in the video's transaction); ``save-search reindex --rebuild-only`` moves an older deployment's
   ``frames`` collection there and drops it.
 
-Writes follow the database: frame features are written before the commit that references them (as the shard
-files are: an unreferenced row is harmless and removed after a grace period), the video and passage vectors
-right after it (``index_videos``), deletes right after the delete's commit (``remove_videos``). ``sync``
-compares the database with each collection (ids per embedding space) and repairs both ways: the start-up repair
-and ``save-search reindex --verify``, e.g. after a worker died between its commit and its Milvus write.
+Writes follow the database: frame features in the database's table in the video's own commit (in the ``frames``
+collection: before the commit that references them, as shard files are: an unreferenced row is harmless and
+removed after a grace period), the video and passage vectors right after it (``index_videos``), deletes right
+after the delete's commit (``remove_videos``). ``sync`` compares the database with each collection (ids per
+embedding space) and repairs both ways: the start-up repair and ``save-search reindex --verify``, e.g. after a
+worker died between its commit and its Milvus write.
 Every operation uses Strong consistency, so a write is visible to all API processes once it returns.
 """
 
@@ -100,12 +101,12 @@ def _chunks(values: list, size: int = WRITE_BATCH) -> Iterator[list]:
 class MilvusFrames:
     """Per-frame features in a Milvus collection (``FeatureStorage``): any process with the URI reads them."""
 
+    shard = MILVUS_SHARD
+
     def __init__(self, client: MilvusClient, name: str, frames: int, dim: int) -> None:
         if frames * dim > FLOAT16_MAX_DIM:
             raise ValueError(f"{frames} frames x {dim} dims exceed Milvus's largest vector ({FLOAT16_MAX_DIM})")
         self.client, self.name, self.frames, self.dim = client, name, frames, dim
-
-    shard = MILVUS_SHARD
 
     def append(self, video_id: int, frames: np.ndarray, mask: np.ndarray, session: Any = None) -> FeatureRef:
         """Upsert a video's features (``session``: unused, Milvus is outside the database's transactions)."""
