@@ -16,7 +16,7 @@ import math
 import random
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -357,9 +357,11 @@ def insert_videos(services, col: Collection, version: str, batch: int = 10_000) 
     return time.perf_counter() - start
 
 
-def insert_segments(services, n_videos: int, per_video: int, seed: int, batch: int = 20_000) -> float:
-    """Transcript segments for the synthetic videos, as the worker commits them: 12 real English words each (so
-    full-text queries match like real ones), and their passages (``indexer.passages.spans``) with random unit
+def insert_segments(services, n_videos: int, per_video: int, seed: int, batch: int = 20_000,
+                    video_ids: Sequence[int] | None = None) -> float:
+    """Transcript segments for the synthetic videos (1..n_videos, or ``video_ids``), as the worker commits them:
+    12 real English words each (so full-text queries match like real ones), 3 s each, and their passages
+    (``indexer.passages.spans``: every segment, every window of up to 3, the whole transcript) with random unit
     MiniLM-sized embeddings, fp16."""
     from sqlalchemy import insert
 
@@ -369,10 +371,12 @@ def insert_segments(services, n_videos: int, per_video: int, seed: int, batch: i
     rng = np.random.default_rng(seed)
     words = np.array(query_words())
     dim = services.sentences.dim
+    ids = list(video_ids) if video_ids is not None else list(range(1, n_videos + 1))
+    step = max(1, batch // per_video)
     start = time.perf_counter()
     with services.sessions.begin() as s:
-        for lo in range(1, n_videos + 1, batch // per_video):
-            vids = range(lo, min(n_videos, lo + batch // per_video - 1) + 1)
+        for lo in range(0, len(ids), step):
+            vids = ids[lo:lo + step]
             text = rng.choice(words, (len(vids) * per_video, 12))
             rows = [dict(video_id=v, idx=i, start_s=3.0 * i, end_s=3.0 * i + 3.0, text=" ".join(text[j]),
                          norm_text=" ".join(text[j]).lower())
@@ -390,23 +394,61 @@ def insert_segments(services, n_videos: int, per_video: int, seed: int, batch: i
     return time.perf_counter() - start
 
 
+def point_rows(services, col: Collection, milvus: bool) -> None:
+    """Point the video rows at the frame store the next backend reads: the shard files (FAISS) or the database's
+    ``video_frames`` rows an earlier Milvus run copied (``copy_frame_features`` re-points the rows it copies), so
+    both backends can take turns on one database without copying the frames again."""
+    from sqlalchemy import select, update
+
+    from indexer.storage.db import Video, VideoFrames
+    from indexer.storage.sql_frames import DB_SHARD
+
+    with services.sessions.begin() as s:
+        if milvus:
+            s.execute(update(Video).where(Video.id.in_(select(VideoFrames.video_id)))
+                      .values(feature_shard=DB_SHARD, feature_offset=0))
+            return
+        ids = np.arange(1, col.n + 1)
+        s.execute(update(Video), [{"id": int(v), "feature_shard": r.shard, "feature_offset": r.offset}
+                                  for v, r in zip(ids.tolist(), col.refs(ids), strict=True)])
+
+
+def make_long(services, video_ids: Sequence[int], per_video: int, seed: int) -> float:
+    """Turn ``video_ids`` into long videos: their transcripts replaced by ``per_video`` segments of 3 s (534
+    segments: ~27 min and 1,600 passages, what a 31-minute talk gets), as the worker would have committed them."""
+    from sqlalchemy import delete, update
+
+    from indexer.storage.db import Passage, Segment, Video
+
+    start = time.perf_counter()
+    with services.sessions.begin() as s:
+        s.execute(delete(Passage).where(Passage.video_id.in_(video_ids)))
+        s.execute(delete(Segment).where(Segment.video_id.in_(video_ids)))
+        s.execute(update(Video).where(Video.id.in_(video_ids)).values(duration_s=3.0 * per_video))
+    return time.perf_counter() - start + insert_segments(services, 0, per_video, seed, video_ids=video_ids)
+
+
 def end_to_end(col: Collection, model, count: int, device: str = "cpu", index_type: str = "auto",
                insert: bool = True, segments_per_video: int = 0, milvus_uri: str | None = None,
-               server_cpu_s: Callable[[], float] = lambda: 0.0) -> dict[str, object]:
+               server_cpu_s: Callable[[], float] = lambda: 0.0, frame_store: str = "database",
+               before: Callable[[object], None] | None = None) -> dict[str, object]:
     """``GET /v1/search`` through the real app on this collection, one new query at a time (no cache hits).
     With ``segments_per_video`` the videos get transcripts first (on top of an earlier call's rows). With
-    ``milvus_uri`` the app runs on the Milvus backend: the frame features are copied from the shards into Milvus
-    first (``copy_shard_features``, what moving a collection to Milvus does), so run FAISS on a collection first.
+    ``milvus_uri`` the app runs on the Milvus backend: the frame features are copied from the shards into the
+    database's ``video_frames`` table first (``copy_frame_features``, what moving a collection to Milvus does; with
+    ``frame_store="milvus"`` into the Milvus ``frames`` collection), so run FAISS on a collection first.
     ``server_cpu_s``: CPU seconds of a server process doing part of the work, counted in the CPU time per call."""
     from fastapi.testclient import TestClient
+    from sqlalchemy import func, select
 
     from app.main import create_app
     from indexer.inference.visual import VisualEncoder
-    from indexer.ingest.reindex import copy_shard_features
+    from indexer.ingest.reindex import copy_frame_features
     from indexer.services import Services
     from indexer.settings import Settings
+    from indexer.storage.db import Passage
 
-    backend = {"vector_store": "milvus", "milvus_uri": milvus_uri,
+    backend = {"vector_store": "milvus", "milvus_uri": milvus_uri, "frame_store": frame_store,
                "milvus_collection_prefix": f"bench{col.n}"} if milvus_uri else {}
     settings = Settings(home=col.home, device=device, index_type=index_type, **backend)
     services = Services(settings, encoder=VisualEncoder(settings, model=model))
@@ -414,14 +456,18 @@ def end_to_end(col: Collection, model, count: int, device: str = "cpu", index_ty
     insert_s = insert_videos(services, col, version) if insert else 0.0
     if segments_per_video:
         insert_s += insert_segments(services, col.n, segments_per_video, seed=col.n)
+    if before is not None:  # more rows (long videos) before the start-up repair
+        start = time.perf_counter()
+        before(services)
+        insert_s += time.perf_counter() - start
     start = time.perf_counter()
     if milvus_uri:
-        copy_shard_features(services)
+        copy_frame_features(services)
     with services.index_lock:
         services.catalog.repair()  # what the worker's start-up does: the index from the database
     sync_s = time.perf_counter() - start
     catalog = services.catalog
-    kind = f"milvus {settings.milvus.index}" if milvus_uri else catalog.videos.index.kind
+    kind = f"milvus {catalog.index_type}" if milvus_uri else catalog.videos.index.kind
     latencies, direct = [], []
     queries = random_queries(2 * count + 10, seed=2)
     with TestClient(create_app(settings, embedded_worker=False, services=services)) as client:
@@ -444,12 +490,16 @@ def end_to_end(col: Collection, model, count: int, device: str = "cpu", index_ty
                 latencies.append(1000 * (t1 - t0))
                 direct.append(1000 * (t2 - t1))
         cpu_ms = 1000 * (time.process_time() - cpu + server_cpu_s() - server_cpu) / (2 * (count + 5))
+        store = search.store
+        cache = f"{store.hits / max(1, store.hits + store.misses):.0%}" if hasattr(store, "hits") else "-"
+    with services.sessions() as s:
+        passages = s.scalar(select(func.count()).select_from(Passage))
     calls = 2 * count  # the HTTP request and the direct call both run the wrapped steps
     breakdown = {k: 1000 * v / calls for k, v in parts.items()}
     breakdown["outside the encoders"] = breakdown["total"] - breakdown["encoders"]
     return {"ms": latencies, "direct_ms": direct, "kind": kind, "insert_s": insert_s, "sync_s": sync_s,
             "candidates": search.ann_candidates, "breakdown": breakdown, "segments": segments_per_video,
-            "cpu_ms": cpu_ms}
+            "cpu_ms": cpu_ms, "cache": cache, "passages": passages}
 
 
 def _time_parts(search) -> dict[str, float]:

@@ -72,6 +72,13 @@ class VectorStore(StrEnum):
     MILVUS = "milvus"  # no shared disk needed
 
 
+class FrameStore(StrEnum):
+    """Where the Milvus backend keeps each video's frame features (the FAISS backend keeps its shard files)."""
+
+    DATABASE = "database"  # the ``video_frames`` table: one indexed read per query, in the video's transaction
+    MILVUS = "milvus"  # the ``frames`` collection (before 0006; 4-5x slower to read, BENCHMARKS.md)
+
+
 class IndexType(StrEnum):
     """FAISS index type; ``auto`` picks by collection size (``indexer.storage.faiss_index.choose_index_type``)."""
 

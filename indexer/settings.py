@@ -30,7 +30,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from indexer.enums import IndexType, MediaDelivery, VectorStore
+from indexer.enums import FrameStore, IndexType, MediaDelivery, VectorStore
 from indexer.names import is_s3, s3_problem
 from models.bundled import WHISPER_BASE_NAME, data_home
 
@@ -184,6 +184,9 @@ class MilvusSettings(Group):
                                    alias="milvus_collection_prefix")  # deployments can share one Milvus
     index: str = Field("AUTOINDEX", alias="milvus_index")  # AUTOINDEX, FLAT, IVF_FLAT, HNSW, ...
     nprobe: int = Field(32, ge=1, alias="milvus_nprobe")  # IVF lists searched per query (IVF_* index types)
+    # frame features: the database's video_frames table, or the older Milvus `frames` collection (BENCHMARKS.md,
+    # "Frames read for re-scoring on Milvus"); `save-search reindex --rebuild-only` moves them into the table
+    frame_store: FrameStore = Field(FrameStore.DATABASE, alias="frame_store")
 
 
 class SearchSettings(Group):
@@ -203,6 +206,9 @@ class SearchSettings(Group):
     concurrency: int = Field(0, ge=0, alias="search_concurrency")
     queue: int = Field(16, ge=0, alias="search_queue")  # searches waiting for a slot; more get 503 + Retry-After
     queue_timeout_s: float = Field(0.5, ge=0, alias="search_queue_timeout_s")  # the longest wait for a slot
+    # per-process LRU cache of frame features read over the network (Milvus backend: the database table or the
+    # Milvus collection), in MiB; ~12.7 kB per video (12 x 512 fp16); 0: off. FAISS's memory-mapped shards: unused.
+    frame_cache_mb: int = Field(256, ge=0, alias="frame_cache_mb")
 
 
 class ApiSettings(Group):

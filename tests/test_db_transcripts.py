@@ -123,7 +123,7 @@ def test_current_revision_of_empty_database_is_none(fresh_db_url: str) -> None:
 
 
 def test_migrations_twice_are_a_noop(db_url: str, engine: Engine) -> None:
-    assert current_revision(db_url) == head_revision() == "0005"
+    assert current_revision(db_url) == head_revision() == "0006"
     before = _schema_snapshot(engine)
     with session_factory(engine)() as s:
         s.add(_video("c" * 64, ["hello world"]))

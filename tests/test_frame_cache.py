@@ -20,7 +20,7 @@ class Store:
         self.records: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.asked: list[list[int]] = []
 
-    def append(self, video_id: int, frames: np.ndarray, mask: np.ndarray) -> FeatureRef:
+    def append(self, video_id: int, frames: np.ndarray, mask: np.ndarray, session=None) -> FeatureRef:
         self.records[video_id] = (frames.astype(np.float16), mask.astype(np.uint8))
         return FeatureRef("mem", 0, video_id)
 

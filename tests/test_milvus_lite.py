@@ -2,8 +2,9 @@
 - Lite builds none of the ANN indexes it accepts; from 100,000 rows on it searches an interim IVF index of its own
   (100 lists, 4 probed) whatever the index type and ``nprobe``, so the backend keeps its vector collections FLAT
   (exact) there, including collections created earlier with another index;
-- Lite's cost of a query by ids grows with the square of the fp16 rows it returns, so frame features are read in
-  batches of ``READ_BATCH`` ids, in the order asked for."""
+- Lite's cost of a query by ids grows with the square of the fp16 rows it returns, so frame features kept in the
+  ``frames`` collection (``SAVE_SEARCH_FRAME_STORE=milvus``) are read in batches of ``READ_BATCH`` ids, in the order
+  asked for."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def test_lite_search_stays_exact_past_100k_vectors(client) -> None:
 
 def test_frames_are_read_in_batches_in_the_order_asked(client, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(milvus, "READ_BATCH", 3)
-    catalog = _catalog(client, index_type="FLAT")
+    catalog = _catalog(client, index_type="FLAT", frame_store="milvus")  # the collection (SAVE_SEARCH_FRAME_STORE)
     store = catalog.open_features(12, DIM, "w")
     rng = np.random.default_rng(1)
     frames = rng.standard_normal((10, 12, DIM)).astype(np.float16)

@@ -1,6 +1,6 @@
 """Past one machine, for real: two workers and two API processes with different ``SAVE_SEARCH_HOME`` folders
 share nothing but one PostgreSQL database and one Milvus server (Milvus Lite 2.5 over gRPC). Every video is
-ingested once and searchable from both APIs (visual re-scoring reads frame features from Milvus, not from a
+ingested once and searchable from both APIs (visual re-scoring reads frame features from the database, not from a
 disk); a delete through one API is gone from the other; a worker killed between its commit and its Milvus write
 leaves a difference that the next worker start-up, or ``save-search reindex --verify``, repairs."""
 
@@ -41,6 +41,20 @@ def _milvus_ids(client: MilvusClient, prefix: str, kind: str) -> set[int]:
     (name,) = [n for n in client.list_collections() if n.startswith(f"{prefix}_{kind}_")]
     return {int(r["id"]) for r in client.query(name, filter="id >= 0", output_fields=["id"], limit=1000,
                                                 consistency_level="Strong")}
+
+
+def _frame_ids(url: str) -> set[int]:
+    """Videos with a row in the database's ``video_frames`` (where the Milvus backend keeps frame features)."""
+    from sqlalchemy import select
+
+    from indexer.storage.db import VideoFrames, make_engine, session_factory
+
+    engine = make_engine(url)
+    try:
+        with session_factory(engine)() as s:
+            return set(s.scalars(select(VideoFrames.video_id)))
+    finally:
+        engine.dispose()
 
 
 def _words(transcript: str) -> str:
@@ -94,6 +108,7 @@ def test_apis_and_workers_on_different_hosts_share_only_postgres_and_milvus(fres
         assert httpx.delete(f"{urls[0]}/v1/videos/{gone}", timeout=30).status_code == 204
         assert all(r["video_id"] != gone for r in _search(urls[1], _words(said[gone])))
         assert _milvus_ids(client, prefix, "videos") == {videos["LJ001-0015.mp4"]}
+        assert _frame_ids(fresh_db_url) == {videos["LJ001-0015.mp4"]}  # the row went with the video
 
         # kill -9 between the commit and the Milvus write: the database has the video, the index does not.
         _enqueue(env("cli"), media / "LJ001-0016.mp4")
@@ -103,7 +118,8 @@ def test_apis_and_workers_on_different_hosts_share_only_postgres_and_milvus(fres
         assert doomed.wait(timeout=600) == -signal.SIGKILL, log.read_text()[-3000:]
         killed = {v.filename: v.id for v in _videos(fresh_db_url)}["LJ001-0016.mp4"]
         assert killed not in _milvus_ids(client, prefix, "videos")
-        assert killed in _milvus_ids(client, prefix, "frames")  # written before the commit, as shards are
+        assert killed in _frame_ids(fresh_db_url)  # the frames were committed with the video (video_frames)
+        assert not [n for n in client.list_collections() if n.startswith(f"{prefix}_frames_")]
         repairer = _cli(env("worker-gamma"), "worker", "--worker-id", "gamma", "--exit-when-idle", log=log)
         assert repairer.wait(timeout=300) == 0, log.read_text()[-3000:]
         assert _milvus_ids(client, prefix, "videos") == {videos["LJ001-0015.mp4"], killed}  # the start-up repair

@@ -13,16 +13,17 @@ from contextlib import closing
 import numpy as np
 import pytest
 from pymilvus import MilvusClient
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.engine import make_url
 
-from indexer.ingest.reindex import copy_shard_features, rebuild_indexes
+from indexer.ingest.reindex import copy_frame_features, rebuild_indexes
 from indexer.passages import embed_transcript
 from indexer.search.service import SearchService
 from indexer.services import Services
 from indexer.settings import Settings
 from indexer.storage.catalog import to_blob
-from indexer.storage.db import Passage, Video
+from indexer.storage.db import Passage, Video, VideoFrames
+from indexer.storage.frame_cache import CachedFeatures
 from indexer.storage.shards import FeatureRef, pool_frames
 from tests.media_fixtures import MEDIA, ljspeech_transcripts
 
@@ -63,9 +64,10 @@ def backends(tmp_path_factory, tiny_weights, milvus_uri) -> Iterator[tuple[Searc
                           pooled=to_blob(pool_frames(frames[None], mask[None])[0]), segments=segments,
                           passages=passages)
             ref = shards.append(i, frames, mask)
-            in_milvus.append(i, frames, mask)  # the same features, found by video id
             video.feature_shard, video.feature_offset = ref.shard, ref.offset
             s.add(video)
+            s.flush()
+            in_milvus.append(i, frames, mask, session=s)  # the same features, found by video id (video_frames)
     for services in (on_faiss, on_milvus):
         services.catalog.repair()
     # Few candidates per source (k=3: 12), so candidate generation decides what is ranked, not the collection size.
@@ -107,8 +109,8 @@ def test_moving_a_collection_to_milvus_copies_its_shard_features(backends, tmp_p
         with moved.sessions() as s:
             total = s.scalar(select(func.count()).select_from(Video))
             passages = s.scalar(select(func.count()).select_from(Passage))
-        assert total and copy_shard_features(moved) == total
-        assert copy_shard_features(moved) == 0  # every row points to Milvus now
+        assert total and copy_frame_features(moved) == total
+        assert copy_frame_features(moved) == 0  # every row points to the database's video_frames now
         assert rebuild_indexes(moved) == {"videos": total, "passages": passages}
         a, b = on_faiss.search(QUERIES[1], k=3), SearchService(moved, ann_candidates=3).search(QUERIES[1], k=3)
         assert [(r.video_id, r.score) for r in a.results] == [(r.video_id, pytest.approx(r.score, abs=1e-5))
@@ -126,11 +128,14 @@ def test_a_video_without_frame_features_in_milvus_is_ranked_without_its_visual_s
     on_faiss, on_milvus = backends
     top = on_milvus.search(QUERIES[1], k=3).results[0]
     frames = on_milvus.store
+    assert isinstance(frames, CachedFeatures)  # the per-process cache in front of video_frames
     with on_faiss.services.sessions() as s:
         video = s.get(Video, top.video_id)
         ref = FeatureRef(video.feature_shard, video.feature_offset, video.id)
     saved = on_faiss.store.read_many([ref])
-    frames.client.delete(frames.name, ids=[top.video_id])
+    with on_milvus.services.sessions.begin() as s:
+        s.execute(delete(VideoFrames).where(VideoFrames.video_id == top.video_id))
+    frames.clear()
     try:
         results = {r.video_id: r for r in on_milvus.search(QUERIES[1], k=3).results}
         assert len(results) == 3

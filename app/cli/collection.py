@@ -24,7 +24,7 @@ from app.cli.common import (
     open_settings,
     setup_logging,
 )
-from indexer.enums import JobKind, JobStatus, Stage
+from indexer.enums import FrameStore, JobKind, JobStatus, Stage
 
 if TYPE_CHECKING:
     from indexer.storage.db import Video
@@ -266,7 +266,7 @@ def reindex(
     """Re-encode videos made with another model (never mixing embedding spaces), then rebuild the indexes."""
     setup_logging()
     from indexer.ingest.reindex import (
-        copy_shard_features,
+        copy_frame_features,
         rebuild_indexes,
         reencode_stale,
         reindex_ocr,
@@ -294,9 +294,10 @@ def reindex(
     if not rebuild_only:
         done, failed = reencode_stale(services)
         typer.echo(f"re-encoded {done} video(s), {failed} failed")
-    copied = copy_shard_features(services)
+    copied = copy_frame_features(services)
     if copied:
-        typer.echo(f"copied the frame features of {copied} video(s) from the shard files into Milvus")
+        where = "the database" if settings.milvus.frame_store == FrameStore.DATABASE else "Milvus"
+        typer.echo(f"copied the frame features of {copied} video(s) into {where}")
     counts = rebuild_indexes(services)
     typer.echo(f"indexes rebuilt: {counts}")
 

@@ -11,7 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import delete, or_, select
+import numpy as np
+from sqlalchemy import delete, func, or_, select
 
 from indexer.enums import OcrStatus, Source, VectorStore, VideoStatus
 from indexer.errors import IngestError
@@ -21,7 +22,7 @@ from indexer.ingest.sources import local_copy
 from indexer.ingest.worker import Worker
 from indexer.passages import embed_transcript
 from indexer.services import Services
-from indexer.storage.catalog import SyncReport, store_embedding
+from indexer.storage.catalog import FeatureStorage, SyncReport, store_embedding
 from indexer.storage.db import TEXT_REINDEX_NEEDED, Meta, Passage, Segment, Video
 from indexer.storage.shards import FeatureRef, FeatureStore, FeatureStoreError
 from indexer.text import normalize
@@ -71,37 +72,80 @@ def reencode_stale(services: Services, batch: int = 8, worker_id: str = "reindex
     return done, failed
 
 
-def copy_shard_features(services: Services, batch: int = 256) -> int:
-    """Moving a collection to Milvus: copy the frame features of the current model's videos from the shard files
-    under the home folder (run it where they are readable) into Milvus, and point the rows there. Rows already
-    there, of another model, or without features are left alone. Returns the number of videos copied."""
+def copy_frame_features(services: Services, batch: int = 200) -> int:
+    """Moving frame features to where the Milvus backend reads them (``SAVE_SEARCH_FRAME_STORE``), once: from the
+    shard files under the home folder (a FAISS collection moving to Milvus: run it where they are readable) or
+    from another frame store (the Milvus ``frames`` collection into the database table, or back), and point the
+    rows there, ``batch`` videos per transaction (writes to the table are in it). Rows already there, of another
+    model, or without features are left alone; a video whose features cannot be read is left for ``reindex``
+    to re-encode. Once every video of the model is in the table, the ``frames`` collection is dropped. Returns
+    the number of videos copied."""
     model = services.encoder.model
     version = services.encoder.status().model_version
     if services.settings.index.vector_store != VectorStore.MILVUS or model is None:
         return 0
-    from indexer.storage.milvus import MILVUS_SHARD
+    from indexer.storage.milvus import MILVUS_SHARD, MilvusCatalog
+    from indexer.storage.sql_frames import DB_SHARD, SqlFrames
 
+    catalog = services.catalog
+    assert isinstance(catalog, MilvusCatalog)
     frames, dim = model.config.num_frames, model.config.embed_dim
-    target = services.catalog.open_features(frames, dim, "copy")
+    target = catalog.open_features(frames, dim, "copy")
     with services.sessions() as s:
         ids = list(s.scalars(select(Video.id).where(Video.model_version == version, Video.feature_shard.is_not(None),
-                                                    Video.feature_shard != MILVUS_SHARD).order_by(Video.id)))
-    if not ids:
-        return 0
-    shards = FeatureStore(services.settings.features_dir, frames, dim, owner="copy")
+                                                    Video.feature_shard != target.shard).order_by(Video.id)))
+    sources: dict[str, FeatureStorage | None] = {
+        MILVUS_SHARD: catalog.milvus_frames(frames, dim) if target.shard != MILVUS_SHARD else None,
+        DB_SHARD: SqlFrames(services.sessions, frames, dim) if target.shard != DB_SHARD else None}
+    shards: FeatureStore | None = None
     copied = 0
     for start in range(0, len(ids), batch):
         with services.sessions.begin() as s:
-            for video in s.scalars(select(Video).where(Video.id.in_(ids[start:start + batch]))):
-                try:
-                    f, m = shards.read(FeatureRef(video.feature_shard, video.feature_offset, video.id))
-                except FeatureStoreError as exc:
-                    log.warning("video %s: %s; `save-search reindex` after the switch re-encodes it", video.id, exc)
-                    continue
-                ref = target.append(video.id, f, m)
-                video.feature_shard, video.feature_offset = ref.shard, ref.offset
-                copied += 1
+            videos = list(s.scalars(select(Video).where(Video.id.in_(ids[start:start + batch]))))
+            groups: dict[str, list[Video]] = {}
+            for video in videos:
+                groups.setdefault(video.feature_shard if video.feature_shard in sources else "", []).append(video)
+            for kind, group in groups.items():
+                if kind:
+                    source = sources[kind]
+                else:
+                    source = shards = shards or FeatureStore(services.settings.features_dir, frames, dim, owner="copy")
+                for video, (f, m) in _read_each(source, group):
+                    ref = target.append(video.id, f, m, session=s)
+                    video.feature_shard, video.feature_offset = ref.shard, ref.offset
+                    copied += 1
+    if target.shard == DB_SHARD and sources[MILVUS_SHARD] is not None:
+        with services.sessions() as s:
+            left = s.scalar(select(func.count()).select_from(Video).where(Video.feature_shard == MILVUS_SHARD))
+        if left:
+            log.warning("%d video(s) still refer to the Milvus frames collection (unreadable there): it is kept; "
+                        "`save-search reindex` re-encodes them", left)
+        else:
+            catalog.drop_milvus_frames(frames, dim)
+            log.info("frame features moved into the database; the Milvus frames collection is dropped")
     return copied
+
+
+def _read_each(source: FeatureStorage | None, videos: list[Video]) -> list[tuple[Video, tuple[np.ndarray, np.ndarray]]]:
+    """The features of ``videos`` from ``source``: one read for all, or one per video when some are unreadable
+    (those are logged and skipped)."""
+    refs = [FeatureRef(v.feature_shard or "", v.feature_offset or 0, v.id) for v in videos]
+    if source is not None:
+        try:
+            f, m = source.read_many(refs)
+            return [(v, (f[i], m[i])) for i, v in enumerate(videos)]
+        except FeatureStoreError:
+            pass
+    out: list[tuple[Video, tuple[np.ndarray, np.ndarray]]] = []
+    for video, ref in zip(videos, refs, strict=True):
+        try:
+            if source is None:
+                raise FeatureStoreError(f"{ref.shard} is not readable from here")
+            f, m = source.read_many([ref])
+            out.append((video, (f[0], m[0])))
+        except FeatureStoreError as exc:
+            log.warning("video %s: %s; `save-search reindex` after the switch re-encodes it", video.id, exc)
+    return out
 
 
 def rebuild_indexes(services: Services) -> dict[str, int]:

@@ -46,8 +46,9 @@ from indexer.search.moments import MOMENTS_DEFAULT, MOMENTS_MAX, LocalPassages, 
 from indexer.search.query import QueryBatcher, QueryCache
 from indexer.search.ranking import Moment, Ranking, ScoredCandidate, ScoredMoment, SearchPage, SearchResult, calibrate
 from indexer.services import Services
-from indexer.storage.catalog import stack_blobs
+from indexer.storage.catalog import FeatureStorage, stack_blobs
 from indexer.storage.db import Passage, Segment, Video
+from indexer.storage.frame_cache import with_cache
 from indexer.storage.shards import FeatureRef, FeatureStoreError
 from indexer.text import content_terms, stem, stems, words
 
@@ -74,8 +75,11 @@ class SearchService:
         self._sentence_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-sentences")
         self.batcher = QueryBatcher(self._encode_batch, self._model_lock)
         model = services.encoder.model
-        self.store = (services.catalog.open_features(model.config.num_frames, model.config.embed_dim, "reader")
-                      if model is not None else None)
+        self.store: FeatureStorage | None = None
+        if model is not None:  # frames read over the network go through a per-process cache (frame_cache_mb)
+            self.store = with_cache(services.catalog.open_features(model.config.num_frames, model.config.embed_dim,
+                                                                   "reader"),
+                                    services.encoder.status().model_version or "none", settings.search.frame_cache_mb)
 
     def _encode_sentences(self, queries: list[str]) -> np.ndarray:
         return embed(self.services.sentences, queries, self.ranking.normalize_sentence_input)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from indexer.storage.db import Passage, Video
 from indexer.storage.shards import FeatureRef
@@ -66,9 +66,12 @@ class SyncReport:
 class FeatureStorage(Protocol):
     """Where each video's per-frame features (fp16 [T, D]) and frame mask live: what exact re-scoring reads.
     ``append`` runs before the database commit that stores the returned reference (an unreferenced record is
-    harmless); ``read_many`` raises ``indexer.storage.shards.FeatureStoreError`` for a record it cannot serve."""
+    harmless); a store inside the database (``indexer.storage.sql_frames``) writes in ``session``'s transaction,
+    the others ignore it. ``read_many`` raises ``indexer.storage.shards.FeatureStoreError`` for a record it
+    cannot serve."""
 
-    def append(self, video_id: int, frames: np.ndarray, mask: np.ndarray) -> FeatureRef: ...
+    def append(self, video_id: int, frames: np.ndarray, mask: np.ndarray,
+               session: Session | None = None) -> FeatureRef: ...
 
     def read_many(self, refs: Iterable[FeatureRef]) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -76,9 +79,11 @@ class FeatureStorage(Protocol):
 def store_embedding(video: Video, features: FeatureStorage, frames: np.ndarray, mask: np.ndarray,
                     pooled: np.ndarray, model_version: str, model_mode: str | None = None) -> None:
     """Write a video's SAVE embedding where search reads it: the per-frame features (fp16) and mask to the feature
-    storage (before the commit that references them), the pooled vector and model version onto the row. The one
-    embedding write of ingest and re-encoding; the caller commits."""
-    ref = features.append(video.id, np.asarray(frames).astype(np.float16), np.asarray(mask).astype(np.uint8))
+    storage (before the commit that references them; the database's table in the video's own transaction, so the
+    video must be flushed), the pooled vector and model version onto the row. The one embedding write of ingest and
+    re-encoding; the caller commits."""
+    ref = features.append(video.id, np.asarray(frames).astype(np.float16), np.asarray(mask).astype(np.uint8),
+                          session=object_session(video))
     video.feature_shard, video.feature_offset = ref.shard, ref.offset
     video.pooled = to_blob(pooled)
     video.model_version = model_version

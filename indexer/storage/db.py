@@ -147,6 +147,20 @@ class Passage(Base):
     video: Mapped[Video] = relationship(back_populates="passages")
 
 
+class VideoFrames(Base):
+    """The per-frame SAVE features of a video, what exact re-scoring reads (the Milvus backend's frame store,
+    ``indexer.storage.sql_frames``; the FAISS backend keeps shard files). One row per video, of its current
+    ``model_version``: a re-encode replaces it in the transaction that changes the version, so a read never mixes
+    embedding spaces. No ORM relationship: the database's ``ON DELETE CASCADE`` removes it with the video."""
+
+    __tablename__ = "video_frames"
+
+    video_id: Mapped[int] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True,
+                                          autoincrement=False)
+    frames: Mapped[bytes] = mapped_column(LargeBinary)  # fp16 [T, D], C order: T x D x 2 bytes
+    mask: Mapped[bytes] = mapped_column(LargeBinary)  # uint8 [T]: which frames are real
+
+
 class Job(Base):
     """An ingest request: one upload or a bulk job over many server-side files."""
 

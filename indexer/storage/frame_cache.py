@@ -19,9 +19,10 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 import numpy as np
+from sqlalchemy.orm import Session
 
 from indexer.storage.catalog import FeatureStorage
-from indexer.storage.shards import FeatureRef
+from indexer.storage.shards import FeatureRef, FeatureStore
 
 ENTRY_OVERHEAD = 400  # bytes per entry besides the arrays' data (two ndarray headers, key tuple, LRU node), approx.
 
@@ -50,8 +51,8 @@ class CachedFeatures:
             self._entries.clear()
             self._bytes = 0
 
-    def append(self, video_id: int, frames: np.ndarray, mask: np.ndarray) -> FeatureRef:
-        ref = self.inner.append(video_id, frames, mask)
+    def append(self, video_id: int, frames: np.ndarray, mask: np.ndarray, session: Session | None = None) -> FeatureRef:
+        ref = self.inner.append(video_id, frames, mask, session=session)
         with self._lock:
             self._drop((self.space, int(video_id)))
         return ref
@@ -99,3 +100,12 @@ class CachedFeatures:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._bytes -= entry[0].nbytes + entry[1].nbytes + ENTRY_OVERHEAD
+
+
+def with_cache(store: FeatureStorage, space: str, max_mb: int) -> FeatureStorage:
+    """``store`` behind a cache of ``max_mb`` MiB where its reads cross the network (the database table, Milvus);
+    memory-mapped shard files (FAISS mode) are read as they are: the page cache already is their cache, and a
+    copy per read would only add time. ``max_mb`` 0: no cache."""
+    if max_mb <= 0 or isinstance(store, FeatureStore):
+        return store
+    return CachedFeatures(store, space, max_mb * 1024 * 1024)

@@ -268,8 +268,9 @@ class FeatureStore:
         rec["crc"] = _crc(raw[_CRC_START:self._crc_end])
         return raw.tobytes()
 
-    def append(self, video_id: int, frames: np.ndarray, mask: np.ndarray) -> FeatureRef:
-        """Write one record durably (write + fsync) and return where it is.
+    def append(self, video_id: int, frames: np.ndarray, mask: np.ndarray, session: Any = None) -> FeatureRef:
+        """Write one record durably (write + fsync) and return where it is (``session``: unused, files are outside
+        the database's transactions).
 
         Commit the DB row that references it only after this returns: a crash in between leaves an
         unreferenced record, which is harmless.
