@@ -110,7 +110,7 @@ def frames_at(container: Any, stream: Any, times: Sequence[float], path: PathLik
     """
     codec = stream.codec_context
     if codec is None:  # FFmpeg has no decoder for this stream's codec (an unknown fourcc, say)
-        raise MediaError(f"{path}: no decoder for the video codec {getattr(stream, 'codec_tag', '') or '(unknown)'}")
+        raise MediaError(path, f"no decoder for the video codec {getattr(stream, 'codec_tag', '') or '(unknown)'}")
     pending: list[Any] = []  # packets since the last key frame, not yet given to the decoder
     live = False  # the decoder is being fed every packet until the wanted frame comes out
     i, n = 0, len(times)

@@ -90,3 +90,17 @@ def test_a_missing_record_is_still_an_error_and_nothing_is_cached_for_it() -> No
         cache.read_many(refs(1, 99))
     assert len(cache) == 0
     assert cache.read_many([])[0].shape[0] == 0
+
+
+def test_an_entry_serves_only_the_write_it_was_read_from() -> None:
+    """A video written again under the same id (re-encoded by another process, or a new video given a deleted one's
+    id) has a new write tag in its ref (``FeatureRef.offset``): the cache reads it from the store, never the old."""
+    store = _store()
+    cache = CachedFeatures(store, "v1", 100 * ENTRY)
+    old = cache.read_many([FeatureRef("db", 11, 3)])
+    store.append(3, np.ones((T, D)), np.ones(T, bool))  # written again elsewhere: the cache was not told
+    np.testing.assert_array_equal(cache.read_many([FeatureRef("db", 11, 3)])[0], old[0])  # same tag: the entry
+    new = cache.read_many([FeatureRef("db", 12, 3)])
+    np.testing.assert_array_equal(new[0][0], np.ones((T, D), np.float16))
+    assert store.asked == [[3], [3]] and (cache.hits, cache.misses) == (1, 2)
+    np.testing.assert_array_equal(cache.read_many([FeatureRef("db", 12, 3)])[0], new[0])  # the new one is cached

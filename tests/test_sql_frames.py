@@ -62,7 +62,8 @@ def test_frames_come_back_in_the_order_asked_and_a_missing_row_is_an_error(sessi
         s.add_all(_video(i) for i in range(1, 6))
         s.flush()
         refs = [store.append(i, frames[i - 1], masks[i - 1], session=s) for i in range(1, 5)]
-    assert refs[0] == FeatureRef(DB_SHARD, 0, 1)
+    assert (refs[0].shard, refs[0].video_id) == (DB_SHARD, 1)
+    assert len({r.offset for r in refs}) == len(refs)  # a tag per write: a cache tells writes of one id apart
     store.append(5, frames[4], masks[4])  # no session: a transaction of its own
     order = [4, 1, 5, 1, 3]
     got_frames, got_masks = store.read_many([FeatureRef(DB_SHARD, 0, v) for v in order])

@@ -40,7 +40,7 @@ from indexer.enums import FrameStore
 from indexer.storage.catalog import SyncReport, VectorCatalog, from_blob
 from indexer.storage.db import Passage, Video, VideoFrames
 from indexer.storage.files import ORPHAN_GRACE_S
-from indexer.storage.shards import FeatureRef, FeatureStoreError
+from indexer.storage.shards import FeatureRef, FeatureStoreError, write_tag
 from indexer.storage.sql_frames import DB_SHARD, SqlFrames
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ class MilvusFrames:
         mask_text = "".join("1" if x else "0" for x in m.tolist())
         self.client.upsert(self.name, [{"id": int(video_id), "frames": f.reshape(-1), "mask": mask_text,
                                         "written": int(time.time())}])
-        return FeatureRef(MILVUS_SHARD, 0, int(video_id))
+        return FeatureRef(MILVUS_SHARD, write_tag(), int(video_id))
 
     def read_many(self, refs: Iterable[FeatureRef]) -> tuple[np.ndarray, np.ndarray]:
         refs = list(refs)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import struct
 import threading
 import zlib
@@ -70,6 +71,13 @@ class FeatureRef:
     shard: str
     offset: int
     video_id: int | None = None
+
+
+def write_tag() -> int:
+    """The ``offset`` of a ref into a store addressed by video id alone (the database table, Milvus): a random tag of
+    this write, kept in ``Video.feature_offset``, so that a cache in front of the store can tell one write of a video
+    id from the next (``indexer.storage.frame_cache``)."""
+    return secrets.randbits(62)
 
 
 def record_dtype(frames: int, dim: int) -> np.dtype:

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.storage.db import VideoFrames
-from indexer.storage.shards import FeatureRef, FeatureStoreError
+from indexer.storage.shards import FeatureRef, FeatureStoreError, write_tag
 
 DB_SHARD = "db"  # Video.feature_shard of a video whose frame features are in ``video_frames``
 READ_CHUNK = 1000  # ids per SQLite ``IN (...)`` (its bound-parameter limit is 32766; search asks <= 400)
@@ -73,7 +73,7 @@ class SqlFrames:
         else:
             with self.sessions.begin() as s:
                 s.execute(stmt)
-        return FeatureRef(DB_SHARD, 0, int(video_id))
+        return FeatureRef(DB_SHARD, write_tag(), int(video_id))
 
     def _rows(self, ids: list[int]) -> dict[int, tuple[bytes, bytes]]:
         if self.binary:
