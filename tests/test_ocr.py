@@ -14,6 +14,7 @@ import pytest
 from indexer.inference.asr_quality import _levenshtein
 from indexer.inference.ocr import (
     DEFAULT_MAX_SAMPLES,
+    MAX_SAMPLE_STEP_S,
     ScreenLine,
     ScreenReader,
     ScreenSpan,
@@ -171,9 +172,12 @@ def test_auto_is_the_gpu_exactly_when_torch_sees_one(monkeypatch, tmp_path, cuda
 def test_sampling_is_one_per_second_capped_per_video():
     assert sample_times(3.5) == [0.0, 1.0, 2.0, 3.0]
     assert sample_times(0.0) == [0.0]
-    long = sample_times(2 * 3600.0)
-    assert len(long) == DEFAULT_MAX_SAMPLES and long[1] == pytest.approx(12.0)
-    assert len(sample_times(100.0, max_samples=10)) == 10
+    half_hour = sample_times(1800.0)
+    assert len(half_hour) == DEFAULT_MAX_SAMPLES and half_hour[1] == pytest.approx(3.0)
+    long = sample_times(2 * 3600.0)  # never more than MAX_SAMPLE_STEP_S apart: more samples, not missed captions
+    assert long[1] == pytest.approx(MAX_SAMPLE_STEP_S) and len(long) == 1441 and long[-1] == pytest.approx(7200.0)
+    assert len(sample_times(100.0, max_samples=10, max_step_s=60.0)) == 10
+    assert len(sample_times(100.0, max_samples=10)) == 21  # 10 s apart would be over the 5 s step
 
 
 def test_near_duplicates_are_codec_noise_but_not_a_changed_caption(boat_frames):

@@ -63,7 +63,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_SAMPLE_FPS = 1.0
-DEFAULT_MAX_SAMPLES = 600  # a 2-hour video is read every 12 s; per-frame cost is in BENCHMARKS.md
+DEFAULT_MAX_SAMPLES = 600  # a 30-minute video is read every 3 s; per-frame cost is in BENCHMARKS.md
+# ...but never less often than this: at 600 samples a 2-hour video was read every 12 s and lost all four of the
+# long-video benchmark's 12-second captions (BENCHMARKS.md, "Long videos, 2h"); past 50 minutes the samples
+# grow with the length (2 hours: 1,440), so a caption or lower third shown 5 s is read at least once.
+MAX_SAMPLE_STEP_S = 5.0
 # Below it PP-OCRv5 reads are garbled: the semi-transparent stock-footage watermarks of the real clips read at
 # 0.6-0.9, while 97.8 % of the lines of drawn text read at >= 0.9 (bench/ocr_bench.py, BENCHMARKS.md).
 MIN_CONFIDENCE = 0.9
@@ -132,12 +136,15 @@ def same_text(a: str, b: str) -> bool:
 
 
 def sample_times(duration_s: float, fps: float = DEFAULT_SAMPLE_FPS, max_samples: int = DEFAULT_MAX_SAMPLES,
-                 ) -> list[float]:
-    """Times to read text at: every ``1/fps`` seconds from 0, the step widened so at most ``max_samples``."""
+                 max_step_s: float = MAX_SAMPLE_STEP_S) -> list[float]:
+    """Times to read text at: every ``1/fps`` seconds from 0, the step widened so at most ``max_samples``, but to
+    no more than ``max_step_s`` (a long video gets more samples rather than miss short captions)."""
     if not math.isfinite(duration_s) or duration_s <= 0:
         return [0.0]
-    step = max(1.0 / fps, duration_s / max_samples)
-    count = min(max_samples, int(math.floor(duration_s / step)) + 1)
+    step = max(1.0 / fps, min(duration_s / max_samples, max_step_s))
+    count = int(math.floor(duration_s / step)) + 1
+    if step < max_step_s:
+        count = min(count, max_samples)
     return [round(i * step, 3) for i in range(count)]
 
 
