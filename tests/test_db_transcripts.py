@@ -20,7 +20,14 @@ from sqlalchemy.orm import Session
 from indexer.enums import Source
 from indexer.search.fulltext import SegmentHit, document_frequencies, search_segments
 from indexer.storage.db import Base, Passage, Segment, Video, make_engine, session_factory
-from indexer.storage.migrate import PG_FTS_INDEX, current_revision, head_revision, include_object, init_db
+from indexer.storage.migrate import (
+    HEAD_REVISION,
+    PG_FTS_INDEX,
+    current_revision,
+    head_revision,
+    include_object,
+    init_db,
+)
 from indexer.text import content_terms, terms, word_spans
 from tests.helpers import migrate_to
 
@@ -124,6 +131,7 @@ def test_current_revision_of_empty_database_is_none(fresh_db_url: str) -> None:
 
 def test_migrations_twice_are_a_noop(db_url: str, engine: Engine) -> None:
     assert current_revision(db_url) == head_revision() == "0006"
+    assert head_revision() == HEAD_REVISION  # bump migrate.HEAD_REVISION with every new migration
     before = _schema_snapshot(engine)
     with session_factory(engine)() as s:
         s.add(_video("c" * 64, ["hello world"]))

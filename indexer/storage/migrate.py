@@ -16,17 +16,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import alembic.command as command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from indexer.storage.db import make_engine
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
+# The newest revision in alembic/versions (tests/test_db_transcripts.py checks it is Alembic's head): a database already
+# there is not upgraded, so a process that only reads (a search from the command line) never imports Alembic, which
+# with its script directory cost ~0.4 s of a cold `save-search search` (BENCHMARKS.md, "Cold command-line search").
+HEAD_REVISION = "0006"
 FTS_TABLE = "segments_fts"  # SQLite FTS5 index of segments.text (plus its shadow tables segments_fts_*)
 PG_FTS_INDEX = "ix_segments_text_fts"  # PostgreSQL GIN index on to_tsvector('english', segments.text)
 # Any fixed 64-bit key; advisory locks are per database, so one key serves every save-search database.
@@ -42,6 +48,8 @@ def include_object(obj, name: str | None, type_: str, reflected: bool, compare_t
 
 def alembic_config(url: str) -> Config:
     """A file-less Alembic config for ``url`` (the repo's ``alembic.ini`` is only for the command line)."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(ALEMBIC_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))  # ConfigParser interpolation
@@ -87,8 +95,24 @@ def locked_connection(url: str) -> Iterator[Connection]:
         engine.dispose()
 
 
+def at_head(url: str) -> bool:
+    """Whether the database at ``url`` is at ``HEAD_REVISION`` already (one plain read of Alembic's version table)."""
+    engine = make_engine(url) if url.startswith("sqlite") else create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return [r[0] for r in conn.execute(text("SELECT version_num FROM alembic_version"))] == [HEAD_REVISION]
+    except SQLAlchemyError:  # no version table yet (a new database), or none we can read: let Alembic decide
+        return False
+    finally:
+        engine.dispose()
+
+
 def init_db(url: str) -> None:
     """Create or upgrade the schema at ``url`` to the latest revision. Idempotent and concurrency-safe."""
+    if at_head(url):
+        return
+    import alembic.command as command
+
     cfg = alembic_config(url)
     with locked_connection(url) as conn:
         cfg.attributes["connection"] = conn
@@ -100,6 +124,8 @@ def current_revision(url: str) -> str | None:
     engine = make_engine(url) if url.startswith("sqlite") else create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as conn:
+            from alembic.runtime.migration import MigrationContext
+
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
