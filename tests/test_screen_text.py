@@ -23,7 +23,7 @@ from indexer.services import Services
 from indexer.settings import Settings
 from indexer.storage.db import Passage, Segment, Video, make_engine, session_factory
 from tests.helpers import migrate_to
-from tests.media_fixtures import MEDIA
+from tests.media_fixtures import MEDIA, needs_media
 
 SPEECH, SCREEN = Source.SPEECH, Source.SCREEN
 
@@ -204,6 +204,7 @@ def _ingest(services: Services, path: Path, owner: str, reader: FakeReader) -> V
         return video
 
 
+@needs_media
 def test_worker_stores_screen_spans_and_survives_a_failing_reader(services, tmp_path, monkeypatch) -> None:
     reader = FakeReader([REVENUE])
     clip = shutil.copy(SILENT_CLIP, tmp_path / "slides-worker.mp4")
@@ -226,6 +227,7 @@ def test_worker_stores_screen_spans_and_survives_a_failing_reader(services, tmp_
     assert off.calls == 0 and video.ocr_status is None and video.segments == []
 
 
+@needs_media
 def test_reindex_ocr_adds_screen_text_to_videos_indexed_without_it(services, collection, monkeypatch) -> None:
     from indexer.ingest.reindex import reindex_ocr
 
@@ -281,6 +283,7 @@ def test_evaluation_fits_the_screen_channel(services, collection) -> None:
     assert len(screen) >= 4 and len(speech) >= 2  # both queries see (at least) slides and recipe on screen
 
 
+@needs_media
 def test_cli_reindex_ocr_reads_with_the_real_model_and_reports_progress(tmp_path, monkeypatch) -> None:
     """`save-search reindex --ocr` reads videos that were never read even when ingest has OCR off."""
     from typer.testing import CliRunner
