@@ -40,7 +40,7 @@ from indexer.enums import FrameStore
 from indexer.storage.catalog import SyncReport, VectorCatalog, from_blob
 from indexer.storage.db import Passage, Video, VideoFrames
 from indexer.storage.files import ORPHAN_GRACE_S
-from indexer.storage.shards import FeatureRef, FeatureStoreError, write_tag
+from indexer.storage.shards import FeatureRef, FeatureStoreError, checked_features, write_tag
 from indexer.storage.sql_frames import DB_SHARD, SqlFrames
 
 if TYPE_CHECKING:
@@ -110,13 +110,7 @@ class MilvusFrames:
 
     def append(self, video_id: int, frames: np.ndarray, mask: np.ndarray, session: Any = None) -> FeatureRef:
         """Upsert a video's features (``session``: unused, Milvus is outside the database's transactions)."""
-        f = np.asarray(frames).astype(np.float16)
-        m = np.asarray(mask)
-        if f.shape != (self.frames, self.dim) or m.shape != (self.frames,):
-            raise ValueError(f"frames must be [{self.frames}, {self.dim}] and mask [{self.frames}], "
-                             f"got {list(f.shape)} and {list(m.shape)}")
-        if not np.isfinite(f).all():
-            raise ValueError("frames contain NaN/inf (or values beyond fp16 range)")
+        f, m = checked_features(frames, mask, self.frames, self.dim)
         mask_text = "".join("1" if x else "0" for x in m.tolist())
         self.client.upsert(self.name, [{"id": int(video_id), "frames": f.reshape(-1), "mask": mask_text,
                                         "written": int(time.time())}])

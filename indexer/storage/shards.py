@@ -73,6 +73,20 @@ class FeatureRef:
     video_id: int | None = None
 
 
+def checked_features(frames: np.ndarray, mask: np.ndarray, n_frames: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """A video's frame features as every store writes them: fp16 [n_frames, dim] (C order) and the mask as given,
+    both of the right shape and the features finite in fp16; else ``ValueError``, before anything is written."""
+    f, m = np.asarray(frames), np.asarray(mask)
+    if f.shape != (n_frames, dim):
+        raise ValueError(f"frames must be [{n_frames}, {dim}], got {list(f.shape)}")
+    if m.shape != (n_frames,):
+        raise ValueError(f"mask must be [{n_frames}], got {list(m.shape)}")
+    f16 = np.ascontiguousarray(f, dtype=np.float16)
+    if not np.isfinite(f16).all():
+        raise ValueError("frames contain NaN/inf (or values beyond fp16 range)")
+    return f16, m
+
+
 def write_tag() -> int:
     """The ``offset`` of a ref into a store addressed by video id alone (the database table, Milvus): a random tag of
     this write, kept in ``Video.feature_offset``, so that a cache in front of the store can tell one write of a video
@@ -258,15 +272,7 @@ class FeatureStore:
         video_id = int(video_id)
         if not 0 <= video_id < 2**63:
             raise ValueError(f"video_id must be a non-negative int64, got {video_id}")
-        f = np.asarray(frames)
-        m = np.asarray(mask)
-        if f.shape != (self.frames, self.dim):
-            raise ValueError(f"frames must be [{self.frames}, {self.dim}], got {list(f.shape)}")
-        if m.shape != (self.frames,):
-            raise ValueError(f"mask must be [{self.frames}], got {list(m.shape)}")
-        f16 = f.astype(np.float16)
-        if not np.isfinite(f16).all():
-            raise ValueError("frames contain NaN/inf (or values beyond fp16 range)")
+        f16, m = checked_features(frames, mask, self.frames, self.dim)
         rec = np.zeros(1, dtype=self.dtype)
         rec["magic"] = RECORD_MAGIC
         rec["video_id"] = video_id

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.storage.db import VideoFrames
-from indexer.storage.shards import FeatureRef, FeatureStoreError, write_tag
+from indexer.storage.shards import FeatureRef, FeatureStoreError, checked_features, write_tag
 
 DB_SHARD = "db"  # Video.feature_shard of a video whose frame features are in ``video_frames``
 READ_CHUNK = 1000  # ids per SQLite ``IN (...)`` (its bound-parameter limit is 32766; search asks <= 400)
@@ -59,13 +59,8 @@ class SqlFrames:
                session: Session | None = None) -> FeatureRef:
         """Write (or replace) a video's features; in ``session``'s transaction when given (the caller commits),
         else in a transaction of its own."""
-        f = np.ascontiguousarray(frames, dtype=np.float16)
-        m = np.asarray(mask).astype(np.uint8)
-        if f.shape != (self.frames, self.dim) or m.shape != (self.frames,):
-            raise ValueError(f"frames must be [{self.frames}, {self.dim}] and mask [{self.frames}], "
-                             f"got {list(f.shape)} and {list(m.shape)}")
-        if not np.isfinite(f).all():
-            raise ValueError("frames contain NaN/inf (or values beyond fp16 range)")
+        f, given_mask = checked_features(frames, mask, self.frames, self.dim)
+        m = given_mask.astype(np.uint8)
         stmt = upsert_statement(self.engine.dialect.name,
                                 {"video_id": int(video_id), "frames": f.tobytes(), "mask": m.tobytes()})
         if session is not None:
