@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from contextlib import asynccontextmanager
@@ -81,6 +82,10 @@ def create_app(settings: Settings | None = None, embedded_worker: bool = True,
                          admission, guard, MediaLinks(guard, svc.media, settings, svc.sessions))
         app.state.save = state
         app.state.metrics = Metrics(svc.sessions, svc.catalog, admission)
+        # What is loaded by now (models, tokenizers, ORM metadata, indexes) lives as long as the process: out of the
+        # cyclic garbage collector, whose full passes over it cost a search tens of ms at random (BENCHMARKS.md,
+        # "Search latency end to end").
+        gc.freeze()
         status = svc.encoder.status()
         log.info("model mode: %s (%s)", status.mode, status.reason)
         log.info("auth: %s", state.guard.auth_mode)

@@ -363,10 +363,11 @@ def insert_segments(services, n_videos: int, per_video: int, seed: int, batch: i
     12 real English words each (so full-text queries match like real ones), 3 s each, and their passages
     (``indexer.passages.spans``: every segment, every window of up to 3, the whole transcript) with random unit
     MiniLM-sized embeddings, fp16."""
-    from sqlalchemy import insert
+    from sqlalchemy import insert, update
 
     from indexer.passages import spans
-    from indexer.storage.db import Passage, Segment
+    from indexer.storage.db import Passage, Segment, Video
+    from indexer.storage.shards import write_tag
 
     rng = np.random.default_rng(seed)
     words = np.array(query_words())
@@ -391,6 +392,8 @@ def insert_segments(services, n_videos: int, per_video: int, seed: int, batch: i
             for row, e in zip(passages, emb, strict=True):
                 row["embedding"] = e.tobytes()
             s.execute(insert(Passage), passages)
+            # what the worker does with each write of a video's text: a new tag, so the search's cache reads it again
+            s.execute(update(Video).where(Video.id.in_(vids)).values(text_tag=write_tag()))
     return time.perf_counter() - start
 
 

@@ -209,6 +209,9 @@ class SearchSettings(Group):
     # per-process LRU cache of frame features read over the network (Milvus backend: the database table or the
     # Milvus collection), in MiB; ~12.7 kB per video (12 x 512 fp16); 0: off. FAISS's memory-mapped shards: unused.
     frame_cache_mb: int = Field(256, ge=0, alias="frame_cache_mb")
+    # per-process LRU cache of the candidates' passages and words (indexer.search.passage_cache), in MiB; a video of
+    # 5 segments ~20 kB, a 30-minute talk ~2.6 MB (fp32 embeddings); 0: off (every query reads them from the database)
+    passage_cache_mb: int = Field(256, ge=0, alias="passage_cache_mb")
 
 
 class ApiSettings(Group):

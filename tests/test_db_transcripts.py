@@ -130,7 +130,7 @@ def test_current_revision_of_empty_database_is_none(fresh_db_url: str) -> None:
 
 
 def test_migrations_twice_are_a_noop(db_url: str, engine: Engine) -> None:
-    assert current_revision(db_url) == head_revision() == "0006"
+    assert current_revision(db_url) == head_revision() == "0007"
     assert head_revision() == HEAD_REVISION  # bump migrate.HEAD_REVISION with every new migration
     before = _schema_snapshot(engine)
     with session_factory(engine)() as s:
@@ -386,11 +386,13 @@ class _Stub:
     """The few parts of Services that scoring reads."""
 
     def __init__(self, ranking):
+        from indexer.search.passage_cache import PassageCache
         from indexer.search.service import SearchService
 
         self.service = SearchService.__new__(SearchService)
         self.service.ranking = ranking
         self.service._idf_cache = {}
+        self.service.passages = PassageCache(0)
 
 
 def test_best_passage_per_video(session: Session) -> None:

@@ -69,6 +69,9 @@ def test_speech_mode_is_reported_and_transcripts_are_indexed(speech_services):
         assert videos["silence_girl.mp4"].has_audio is False and videos["silence_girl.mp4"].transcript == ""
         assert "ask not what your country can do for you" in videos["jfk.mp4"].transcript.lower().replace(",", "")
         assert all(v.model_version is None and v.model_mode == "speech" for v in videos.values())
+        # each write of a video's text is tagged, so a search process's passage cache can serve it
+        assert all(v.text_tag is not None for v in videos.values())
+        assert len({v.text_tag for v in videos.values()}) == len(videos)
         assert s.scalar(select(func.count()).select_from(Segment)) >= 8
         refs = ljspeech_transcripts()
         wer = corpus_wer([(refs[lj], videos[f"{lj}.mp4"].transcript) for lj in LJ_IDS])

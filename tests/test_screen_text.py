@@ -239,7 +239,7 @@ def test_reindex_ocr_adds_screen_text_to_videos_indexed_without_it(services, col
     assert failed == 0 and read >= 1 and (read, old) in seen  # every never-read video, ending with this one
     with services.sessions() as s:
         video = s.get(Video, old)
-        assert video.ocr_status == "read"
+        assert video.ocr_status == "read" and video.text_tag is not None  # a new tag: caches read it again
         assert [(g.idx, g.source) for g in video.segments] == [(0, SPEECH), (1, SPEECH), (2, SCREEN)]
         assert {(p.first_idx, p.last_idx, p.source) for p in video.passages} == {
             (0, 0, SPEECH), (1, 1, SPEECH), (0, 1, SPEECH), (2, 2, SCREEN)}

@@ -126,7 +126,7 @@ def test_migration_0006_up_and_down(fresh_db_url: str) -> None:
     try:
         assert "video_frames" not in inspect(engine).get_table_names()
         migrate_to(fresh_db_url, "head")
-        assert current_revision(fresh_db_url) == head_revision() == "0006"
+        assert current_revision(fresh_db_url) == head_revision()
         assert "video_frames" in inspect(engine).get_table_names()
         if engine.dialect.name == "postgresql":  # out of line, no compression attempt: fp16 does not compress
             with engine.connect() as conn:

@@ -24,7 +24,7 @@ from indexer.passages import embed_transcript
 from indexer.services import Services
 from indexer.storage.catalog import FeatureStorage, SyncReport, store_embedding
 from indexer.storage.db import TEXT_REINDEX_NEEDED, Meta, Passage, Segment, Video
-from indexer.storage.shards import FeatureRef, FeatureStore, FeatureStoreError
+from indexer.storage.shards import FeatureRef, FeatureStore, FeatureStoreError, write_tag
 from indexer.text import normalize
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,7 @@ def reindex_text(services: Services, batch: int = 64) -> int:
                     if g.norm_text != norm:
                         g.norm_text = norm
                 s.execute(delete(Passage).where(Passage.video_id == video.id))
+                video.text_tag = write_tag()
                 _, passages = text.rows()
                 for p in passages:
                     p.video_id = video.id
@@ -232,6 +233,7 @@ def reindex_ocr(services: Services, progress: Callable[[int, int, Video], None] 
             text = embed_transcript(services.sentences, speech, services.settings.search.normalize_sentence_input,
                                     screen.spans)
             s.execute(delete(Passage).where(Passage.video_id == video_id, Passage.source == Source.SCREEN))
+            video.text_tag = write_tag()
             s.execute(delete(Segment).where(Segment.video_id == video_id, Segment.source == Source.SCREEN))
             segments, passages = text.rows()
             screen_rows = [g for g in segments if g.source == Source.SCREEN] + [p for p in passages

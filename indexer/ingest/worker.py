@@ -52,6 +52,7 @@ from indexer.storage.catalog import store_embedding
 from indexer.storage.db import TEXT_REINDEX_NEEDED, JobItem, Meta, Video
 from indexer.storage.files import ORPHAN_GRACE_S
 from indexer.storage.media import THUMBNAILS, UPLOADS, MediaStore
+from indexer.storage.shards import write_tag
 from models.inputs import VideoInputs, audio_features
 from models.preprocess import preprocess_frames, tokenize_speech
 
@@ -398,7 +399,8 @@ class Worker:
                               model_mode=status.mode, status=VideoStatus.INDEXED, error=None,
                               ocr_status=p.screen.status, ocr_error=p.screen.error,
                               speech_seconds=t.speech_seconds, transcribed_seconds=t.transcribed_seconds,
-                              redecoded_regions=t.redecoded_regions, empty_regions=t.empty_regions)
+                              redecoded_regions=t.redecoded_regions, empty_regions=t.empty_regions,
+                              text_tag=write_tag())
                 video = s.get(Video, p.reserved_video_id) if p.reserved_video_id else None
                 if video is None:
                     video = Video(**fields)

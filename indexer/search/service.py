@@ -41,8 +41,9 @@ from sqlalchemy import func, select
 
 from indexer.enums import Source, VideoStatus
 from indexer.passages import MAX_WINDOW, embed
-from indexer.search.fulltext import document_frequencies, search_segments
+from indexer.search.fulltext import SegmentHit, document_frequencies, search_segments
 from indexer.search.moments import MOMENTS_DEFAULT, MOMENTS_MAX, LocalPassages, choose_moments
+from indexer.search.passage_cache import PassageCache, VideoText
 from indexer.search.query import QueryBatcher, QueryCache
 from indexer.search.ranking import Moment, Ranking, ScoredCandidate, ScoredMoment, SearchPage, SearchResult, calibrate
 from indexer.services import Services
@@ -50,7 +51,7 @@ from indexer.storage.catalog import FeatureStorage, stack_blobs
 from indexer.storage.db import Passage, Segment, Video
 from indexer.storage.frame_cache import with_cache
 from indexer.storage.shards import FeatureRef, FeatureStoreError
-from indexer.text import content_terms, stem, stems, words
+from indexer.text import content_terms, stem
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,15 @@ class SearchService:
         self.max_query_chars, self.max_k = settings.search.max_query_chars, settings.search.max_k
         self.ann_candidates = ann_candidates
         self.cache = QueryCache()
+        self.passages = PassageCache(settings.search.passage_cache_mb * 2**20)
         self._idf_cache: dict[str, tuple[float, int, int]] = {}  # term -> (time, document frequency, total)
         self._model_lock = threading.Lock()
         # MiniLM runs on this thread while CLIP encodes the same queries: on CPU the two small models overlap
         # (about 10 ms less per query on 2 cores than one after the other, BENCHMARKS.md).
         self._sentence_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-sentences")
         self.batcher = QueryBatcher(self._encode_batch, self._model_lock)
+        # Full-text search needs no encoder: it runs while the query is encoded (SQLite and PostgreSQL release the GIL).
+        self._words_threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="query-words")
         model = services.encoder.model
         self.store: FeatureStorage | None = None
         if model is not None:  # frames read over the network go through a per-process cache (frame_cache_mb)
@@ -121,9 +125,13 @@ class SearchService:
         if not 1 <= moments <= MOMENTS_MAX:
             raise ValueError(f"moments must be between 1 and {MOMENTS_MAX}")
         catalog = self.services.catalog
-        visual_q, sentence_q = self._query_vectors(query)
-        # The pool depends on the query and k only (never on the offset), so every page ranks the same set.
         want = self.pool_size(k)
+        by_words_pending = self._words_threads.submit(self._search_words, query, want)
+        try:
+            visual_q, sentence_q = self._query_vectors(query)
+        finally:
+            text_hits = by_words_pending.result()  # never leave the thread running past this call
+        # The pool depends on the query and k only (never on the offset), so every page ranks the same set.
         candidates: set[int] = set()
         # An embedded worker may be adding to the same in-memory indexes.
         with self.services.index_lock if catalog.in_process else contextlib.nullcontext():
@@ -137,7 +145,6 @@ class SearchService:
         with self.services.sessions() as s:
             if as_of is None:
                 as_of = s.scalar(select(func.max(Video.id))) or 0
-            text_hits = search_segments(s, query, limit=want)
             # Speech candidates: the `want` videos with the best passage by meaning and the `want` with the best
             # segment by words, next to the `want` best visual candidates. Separate lists, so that many word
             # matches can never crowd out the matches by meaning (or the other way round).
@@ -161,6 +168,14 @@ class SearchService:
         notes = [] if self.services.encoder.available else [self.services.encoder.reason]
         return SearchPage(results, len(ranked), self.mode, offset, as_of, notes)
 
+    def _search_words(self, query: str, want: int) -> list[SegmentHit]:
+        """The ``want`` best segments by words, and the document frequencies of the query's words cached for the
+        lexical term (``_idf``): everything of a query that needs no encoder."""
+        with self.services.sessions() as s:
+            if self.ranking.lexical == "coverage" and self.ranking.lexical_weight:
+                self._idf(s, content_terms(query))
+            return search_segments(s, query, limit=want)
+
     def pool_size(self, k: int) -> int:
         """Candidates per source (visual ANN, passages by meaning, segments by words): ranked exactly, they are
         all the results a query can page through."""
@@ -174,9 +189,10 @@ class SearchService:
         if not video_ids:
             return [], LocalPassages.empty()
         videos = s.execute(select(Video.id, Video.model_version, Video.feature_shard, Video.feature_offset,
-                                  Video.pooled)
+                                  Video.pooled, Video.text_tag)
                            .where(Video.id.in_(video_ids), Video.status == VideoStatus.INDEXED)).all()
-        text, local = self._text_scores(s, [v.id for v in videos], query, sentence_q, text_scores)
+        text, local = self._text_scores(s, [v.id for v in videos], query, sentence_q, text_scores,
+                                        {v.id: v.text_tag for v in videos})
         visual = self._visual_scores(videos, visual_q)
         ranking = self.ranking
         out = []
@@ -210,73 +226,81 @@ class SearchService:
         return np.array(values, dtype=np.float64)
 
     def _text_scores(self, s, video_ids: list[int], query: str, sentence_q: np.ndarray,
-                     text_scores: dict[int, float]
+                     text_scores: dict[int, float], tags: dict[int, int | None] | None = None
                      ) -> tuple[dict[str, dict[int, tuple[float, int | None]]], LocalPassages]:
         """Per text channel (speech, screen: ``Ranking.screen``): video id -> (raw score, id of its best local
         passage in that channel: the moment). Per passage: the cosine of the sentence embeddings plus the lexical
         term of ``Ranking.lexical``; the best passage per video and channel scores it. Also every local passage
-        with its raw score (``LocalPassages``), for the page's moments."""
+        with its raw score (``LocalPassages``), for the page's moments. ``tags``: each video's ``text_tag``, which
+        lets the passage cache serve it (missing: read from the database)."""
         out: dict[str, dict[int, tuple[float, int | None]]] = {Source.SPEECH: {}, Source.SCREEN: {}}
         if not video_ids:
             return out, LocalPassages.empty()
         ranking = self.ranking
-        stmt = select(Passage.id, Passage.video_id, Passage.first_idx, Passage.last_idx, Passage.start_s,
-                      Passage.end_s, Passage.embedding, Passage.source).where(Passage.video_id.in_(video_ids))
-        if not ranking.passages:
-            stmt = stmt.where(Passage.first_idx == Passage.last_idx)
-        if ranking.screen == "off":
-            stmt = stmt.where(Passage.source == Source.SPEECH)
-        rows = s.execute(stmt).all()
-        if not rows:
+        tags = tags or {}
+        texts = self.passages.read(s, [(v, tags.get(v)) for v in video_ids], sentence_q.shape[-1])
+        parts = [texts[v] for v in video_ids if len(texts[v].meta)]
+        if not parts:
             return out, LocalPassages.empty()
-        pid_col, vid_col, first_col, last_col, start_col, end_col, blobs, source_col = zip(*rows, strict=True)
-        pids, vids = np.array(pid_col), np.array(vid_col)
-        # The channel each passage scores (as-speech: on-screen text is read as if it were said).
-        channels = [Source.SPEECH if ranking.screen == "as-speech" else source for source in source_col]
-        first, last = np.array(first_col), np.array(last_col)
-        matrix = stack_blobs(blobs, sentence_q.shape[-1])  # a passage of another encoder counts 0 until reindexed
-        scores = (matrix.astype(np.float32) @ sentence_q).astype(np.float64)
+        sizes = np.array([len(t.meta) for t in parts])
+        vids = np.repeat(np.array([v for v in video_ids if len(texts[v].meta)], dtype=np.int64), sizes)
+        meta = np.concatenate([t.meta for t in parts])
+        first, last = meta[:, 1].astype(np.int64), meta[:, 2].astype(np.int64)
+        q = sentence_q.astype(np.float32)
+        # einsum, not BLAS: hundreds of small products, where threaded BLAS waits for busy cores (20x slower here)
+        scores = np.concatenate([np.einsum("ij,j->i", t.embedding, q) for t in parts]).astype(np.float64)
         if ranking.lexical == "coverage" and ranking.lexical_weight:
-            scores += ranking.lexical_weight * self._coverage(s, video_ids, query, vids, first, last)
+            scores += ranking.lexical_weight * self._coverage(s, query, parts, sizes, first, last)
         elif ranking.lexical == "max-fulltext" and text_scores:
             seg_ids = self._segment_ids(s, video_ids)
             for i in np.flatnonzero(first == last).tolist():
                 seg_id = seg_ids.get((int(vids[i]), int(first[i])))
                 if seg_id in text_scores:
                     scores[i] = max(scores[i], text_scores[seg_id])
+        keep = np.ones(len(meta), dtype=bool)
+        if not ranking.passages:
+            keep &= first == last
+        if ranking.screen == "off":
+            keep &= meta[:, 5] == 0
+        if not keep.all():
+            meta, vids, scores = meta[keep], vids[keep], scores[keep]
+        pids, first, last = (meta[:, i].astype(np.int64) for i in range(3))
+        starts, ends, screen = meta[:, 3], meta[:, 4], meta[:, 5] > 0
+        # The channel each passage scores (as-speech: on-screen text is read as if it were said).
+        on_screen = screen & (ranking.screen != "as-speech")
         windows = (last - first) < MAX_WINDOW  # local passages: single segments and windows (not the whole)
         local = windows if ranking.moment == "passage" else first == last
-        # Per video and channel: the best passage scores it; the moment is the best local passage (earliest, then
-        # shortest, among equals), or (``segment-in-window``) the best segment inside the best local passage.
-        starts = np.array(start_col, dtype=np.float64)
-        best_score: dict[tuple[int, str], float] = {}
+        # Per video and channel, best first (earliest, then shortest, among equals): the first passage of a group
+        # scores it; the moment is its first local passage, or (``segment-in-window``) the first segment inside
+        # its first window.
+        order = np.lexsort((last - first, starts, -scores, on_screen, vids))
+        group = np.r_[True, (np.diff(vids[order]) != 0) | (np.diff(on_screen[order]) != 0)]
+        group_id = np.cumsum(group) - 1
+        heads = order[group]
+        moment_at = np.full(len(heads), -1, dtype=np.int64)
+        if ranking.moment == "segment-in-window":
+            has_window = _first_per_group(group_id, windows[order], len(heads))
+            w = np.where(has_window >= 0, order[np.maximum(has_window, 0)], -1)[group_id]
+            inside = local[order] & (w >= 0) & (first[w] <= first[order]) & (first[order] <= last[w])
+            at = _first_per_group(group_id, inside, len(heads))
+        else:
+            at = _first_per_group(group_id, local[order], len(heads))
+        moment_at[at >= 0] = order[at[at >= 0]]
         moment: dict[tuple[int, str], int] = {}
-        best_window: dict[tuple[int, str], int] = {}
-        order = np.lexsort((last - first, starts, -scores, vids)).tolist()
-        for i in order:
-            key = (int(vids[i]), channels[i])
-            best_score.setdefault(key, float(scores[i]))
-            if ranking.moment == "segment-in-window":
-                if windows[i]:
-                    best_window.setdefault(key, i)
-            elif local[i]:
-                moment.setdefault(key, int(pids[i]))
-        if best_window:
-            for i in order:
-                w = best_window.get((int(vids[i]), channels[i]))
-                if local[i] and w is not None and first[w] <= first[i] <= last[w]:
-                    moment.setdefault((int(vids[i]), channels[i]), int(pids[i]))
+        keys = [(int(vids[i]), Source.SCREEN if on_screen[i] else Source.SPEECH) for i in heads.tolist()]
+        for key, m in zip(keys, moment_at.tolist(), strict=True):
+            if m >= 0:
+                moment[key] = int(pids[m])
         grown = np.zeros(len(pids), dtype=bool)
         if ranking.moment == "segment-grown" and moment:
+            channels: list[str] = [Source.SCREEN if c else Source.SPEECH for c in on_screen.tolist()]
             moment = self._grow_moments(moment, pids, vids, channels, first, last, scores, windows)
             grown = np.isin(pids, np.fromiter(moment.values(), dtype=np.int64))
-        for (vid, channel), sc in best_score.items():
-            out[channel][vid] = (sc, moment.get((vid, channel)))
-        keep = np.flatnonzero(local | grown)
-        screen = np.array([c == Source.SCREEN for c in channels], dtype=bool)
-        local_passages = LocalPassages(pids[keep], vids[keep], scores[keep], screen[keep], starts[keep],
-                                       np.array(end_col, dtype=np.float64)[keep], (last - first)[keep])
-        return out, local_passages
+        for key, sc in zip(keys, scores[heads].tolist(), strict=True):
+            out[key[1]][key[0]] = (float(sc), moment.get(key))
+        kept = np.flatnonzero(local | grown)
+        return out, LocalPassages(pids[kept], vids[kept], scores[kept], on_screen[kept], starts[kept], ends[kept],
+                                  (last - first)[kept])
 
     @staticmethod
     def _grow_moments(moment: dict[tuple[int, str], int], pids: np.ndarray, vids: np.ndarray, channels: list[str],
@@ -303,41 +327,34 @@ class SearchService:
         return {(vid, idx): sid for sid, vid, idx in s.execute(
             select(Segment.id, Segment.video_id, Segment.idx).where(Segment.video_id.in_(video_ids)))}
 
-    def _coverage(self, s, video_ids: list[int], query: str, vids: np.ndarray, first: np.ndarray,
+    def _coverage(self, s, query: str, parts: list[VideoText], sizes: np.ndarray, first: np.ndarray,
                   last: np.ndarray) -> np.ndarray:
-        """Per passage: the IDF-weighted share of the query's content words (normalised, stemmed) it says."""
+        """Per passage (of ``parts``, in order): the IDF-weighted share of the query's content words (normalised,
+        stemmed) that any of its segments says."""
+        out = np.zeros(len(first))
         query_words = content_terms(query)
         if not query_words:
-            return np.zeros(len(vids))
+            return out
         wanted = [stem(w) for w in query_words]
         idf = self._idf(s, query_words)
         if idf.sum() <= 0:
-            return np.zeros(len(vids))
+            return out
         weights = idf / idf.sum()
-        # One bit per query word and segment: a passage says the words of any of its segments.
-        masks: dict[tuple[int, int], int] = {}
-        for vid, idx, norm in s.execute(select(Segment.video_id, Segment.idx, Segment.norm_text)
-                                        .where(Segment.video_id.in_(video_ids))):
-            if not any(w[:4] in norm for w in wanted):  # most segments say none of the words: skip tokenising
-                continue
-            said = stems(words(norm))
-            bits = sum(1 << j for j, w in enumerate(wanted) if w in said)
-            if bits:
-                masks[(int(vid), int(idx))] = bits
-        if not masks:
-            return np.zeros(len(vids))
-        bit_weights = {}
-        out = np.zeros(len(vids))
-        for i in range(len(vids)):
-            vid, a, b = int(vids[i]), int(first[i]), int(last[i])
-            bits = 0
-            for idx in range(a, b + 1):
-                bits |= masks.get((vid, idx), 0)
-            if bits:
-                if bits not in bit_weights:
-                    bit_weights[bits] = float(sum(weights[j] for j in range(len(wanted)) if bits >> j & 1))
-                out[i] = bit_weights[bits]
-        return out
+        # One bit per query word and segment (all candidates' segments in one array), OR-ed over each passage's.
+        seg_bits = np.concatenate([t.word_bits(wanted) for t in parts])
+        if not seg_bits.any():
+            return out
+        base = np.repeat(np.cumsum([0] + [t.segments for t in parts[:-1]]), sizes)
+        a, b = base + first, base + last
+        bits = np.zeros(len(first), dtype=np.int64)
+        short = (b - a) < MAX_WINDOW
+        for k in range(MAX_WINDOW):
+            m = short & (a + k <= b)
+            bits[m] |= seg_bits[a[m] + k]
+        for i in np.flatnonzero(~short).tolist():  # the whole transcript: one per video and channel
+            bits[i] = np.bitwise_or.reduce(seg_bits[a[i]:b[i] + 1])
+        said = (bits[:, None] >> np.arange(len(wanted), dtype=np.int64)) & 1
+        return np.einsum("ij,j->i", said.astype(np.float64), weights)
 
     def _hydrate(self, s, ranked: list[ScoredCandidate], local: LocalPassages,
                  n_moments: int = MOMENTS_DEFAULT) -> list[SearchResult]:
@@ -443,6 +460,17 @@ class SearchService:
         with self._model_lock:
             scores = encoder.score(visual_q, frames, masks, pooled)
         return {v.id: float(sc) for v, sc in zip(usable, scores, strict=True)}
+
+
+def _first_per_group(group_id: np.ndarray, mask: np.ndarray, groups: int) -> np.ndarray:
+    """Per group (``group_id``: sorted, 0..groups-1): the position of its first row where ``mask`` holds, or -1."""
+    out = np.full(groups, -1, dtype=np.int64)
+    at = np.flatnonzero(mask)
+    if len(at):
+        gid = group_id[at]
+        head = np.r_[True, np.diff(gid) != 0]
+        out[gid[head]] = at[head]
+    return out
 
 
 def _round(value: float | None) -> float | None:

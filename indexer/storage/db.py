@@ -93,6 +93,10 @@ class Video(Base):
     transcribed_seconds: Mapped[float | None] = mapped_column(Float)
     redecoded_regions: Mapped[int | None] = mapped_column(Integer)
     empty_regions: Mapped[int | None] = mapped_column(Integer)
+    # A random tag of the last write of the video's segments and passages (``indexer.storage.shards.write_tag``): the
+    # search process's passage cache serves an entry only while it is unchanged (``indexer.search.passage_cache``).
+    # Null (written before the tag existed): never cached.
+    text_tag: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     segments: Mapped[list[Segment]] = relationship(back_populates="video", cascade="all, delete-orphan",

@@ -32,7 +32,7 @@ ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
 # The newest revision in alembic/versions (tests/test_db_transcripts.py checks it is Alembic's head): a database already
 # there is not upgraded, so a process that only reads (a search from the command line) never imports Alembic, which
 # with its script directory cost ~0.4 s of a cold `save-search search` (BENCHMARKS.md, "Cold command-line search").
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 FTS_TABLE = "segments_fts"  # SQLite FTS5 index of segments.text (plus its shadow tables segments_fts_*)
 PG_FTS_INDEX = "ix_segments_text_fts"  # PostgreSQL GIN index on to_tsvector('english', segments.text)
 # Any fixed 64-bit key; advisory locks are per database, so one key serves every save-search database.

@@ -88,9 +88,10 @@ def checked_features(frames: np.ndarray, mask: np.ndarray, n_frames: int, dim: i
 
 
 def write_tag() -> int:
-    """The ``offset`` of a ref into a store addressed by video id alone (the database table, Milvus): a random tag of
-    this write, kept in ``Video.feature_offset``, so that a cache in front of the store can tell one write of a video
-    id from the next (``indexer.storage.frame_cache``)."""
+    """A random tag of one write, so that a cache can tell one write of a video id from the next: the ``offset`` of a
+    ref into a frame store addressed by video id alone (the database table, Milvus), kept in ``Video.feature_offset``
+    (``indexer.storage.frame_cache``), and ``Video.text_tag`` for its segments and passages
+    (``indexer.search.passage_cache``)."""
     return secrets.randbits(62)
 
 
