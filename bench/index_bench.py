@@ -416,24 +416,25 @@ def render(results: dict[int, dict[str, object]], text: dict[str, list[float]], 
             e2e_rows.append([size_label(n), transcripts, e2e.get("passages", ""), backend, e2e["kind"],
                              e2e["candidates"], p50, percentile(ms, 99), percentile(direct, 50), p50 - clip50,
                              e2e["breakdown"]["encoders"], e2e["breakdown"]["outside the encoders"],
-                             e2e.get("cache", "-"), e2e["cpu_ms"], e2e["sync_s"]])
+                             e2e.get("cache", "-"), e2e.get("passage_cache", "-"), e2e["cpu_ms"], e2e["sync_s"]])
             brows += [[size_label(n), transcripts, backend, k, v] for k, v in e2e["breakdown"].items()]
     if e2e_rows:
-        parts += ["`GET /v1/search?k=10` end to end (real app through TestClient, a new query each time so the "
-                  "query cache never hits, default settings: index type by `choose_index_type`, "
-                  "`DEFAULT_EF_SEARCH`/`DEFAULT_NPROBE`, SearchService's `ann_candidates`; on Milvus, Milvus Lite "
-                  "as a gRPC server process on this machine, frame features in the database's `video_frames`, the "
-                  "frame cache at its default size), on videos with synthetic transcripts (12 real English words per "
-                  "3-s segment, passages as the worker writes them: every segment, every window of up to 3, the "
-                  "whole transcript, random MiniLM-sized embeddings: the full-text and passage parts do real work), "
-                  "then with long videos mixed in (their transcripts replaced by many more segments, spread over "
-                  "the ids). One SQLite database; the backends take turns on it. `SearchService.search` is the "
+        parts += ["`GET /v1/search?k=10` end to end (real app through TestClient, a new query each time so the query "
+                  "cache never hits, default settings: index type by `choose_index_type`, "
+                  "`DEFAULT_EF_SEARCH`/`DEFAULT_NPROBE`, SearchService's `ann_candidates`; on Milvus, Milvus Lite as a"
+                  " gRPC server process on this machine, frame features in the database's `video_frames`, the frame "
+                  "and passage caches at their default sizes), on videos with synthetic transcripts (12 real English "
+                  "words per 3-s segment, passages as the worker writes them: every segment, every window of up to 3, "
+                  "the whole transcript, random MiniLM-sized embeddings: the full-text and passage parts do real "
+                  "work), then with long videos mixed in (their transcripts replaced by many more segments, spread "
+                  "over the ids). One SQLite database; the backends take turns on it. `SearchService.search` is the "
                   "same call without HTTP. `CPU ms per call` counts this process and the Milvus server:", "",
                   md_table(["videos", "transcripts", "passages", "backend", "index", "ann_candidates",
                             "/search p50 ms", "p99 ms", "SearchService.search p50 ms",
                             "p50 minus CLIP text p50 (goal on FAISS: <= 20)",
                             "mean ms in the text encoders (direct call)", "mean ms outside the encoders (direct call)",
-                            "frame cache hits", "CPU ms per call (with Milvus's)", "index sync at start-up s"],
+                            "frame cache hits", "passage cache hits", "CPU ms per call (with Milvus's)",
+                            "index sync at start-up s"],
                            e2e_rows), ""]
         parts += ["Where a direct `SearchService.search` call spends its time (mean ms per call; the rest of "
                   "`total` is ANN, full-text search and glue):", "",

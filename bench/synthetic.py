@@ -495,6 +495,8 @@ def end_to_end(col: Collection, model, count: int, device: str = "cpu", index_ty
         cpu_ms = 1000 * (time.process_time() - cpu + server_cpu_s() - server_cpu) / (2 * (count + 5))
         store = search.store
         cache = f"{store.hits / max(1, store.hits + store.misses):.0%}" if hasattr(store, "hits") else "-"
+        texts = getattr(search, "passages", None)  # an older SearchService has no passage cache
+        passage_cache = f"{texts.hits / max(1, texts.hits + texts.misses):.0%}" if texts is not None else "-"
     with services.sessions() as s:
         passages = s.scalar(select(func.count()).select_from(Passage))
     calls = 2 * count  # the HTTP request and the direct call both run the wrapped steps
@@ -502,17 +504,19 @@ def end_to_end(col: Collection, model, count: int, device: str = "cpu", index_ty
     breakdown["outside the encoders"] = breakdown["total"] - breakdown["encoders"]
     return {"ms": latencies, "direct_ms": direct, "kind": kind, "insert_s": insert_s, "sync_s": sync_s,
             "candidates": search.ann_candidates, "breakdown": breakdown, "segments": segments_per_video,
-            "cpu_ms": cpu_ms, "cache": cache, "passages": passages}
+            "cpu_ms": cpu_ms, "cache": cache, "passage_cache": passage_cache, "passages": passages}
 
 
 def _time_parts(search) -> dict[str, float]:
     """Wrap SearchService's steps on this instance to see where a direct ``search`` call spends its time (mean ms
     per call): query encoders (CLIP text + MiniLM, side by side), candidate scoring (SQL rows + features + exact
     re-scoring), within it the visual part (read features + re-scoring) and the transcript part (segment rows +
-    one matrix product), and the page's rows. The rest is ANN, full-text search and glue."""
+    one matrix product), and the page's rows; full-text search runs on a thread of its own while the encoders run
+    (an earlier commit: inside the rest). The rest is ANN and glue."""
     totals = {"total": 0.0, "encoders": 0.0, "score (SQL + visual + segments)": 0.0,
               "visual (read + re-score)": 0.0, "segments (rows + cosine)": 0.0,
-              "passages (rows + cosine + words)": 0.0, "page rows": 0.0}
+              "passages (rows + cosine + words)": 0.0, "page rows": 0.0,
+              "full text + word statistics (beside the encoders)": 0.0}
 
     def wrap(name: str, label: str) -> None:
         inner = getattr(search, name, None)
@@ -534,6 +538,7 @@ def _time_parts(search) -> dict[str, float]:
     wrap("_best_segments", "segments (rows + cosine)")  # before passages (earlier commits)
     wrap("_text_scores", "passages (rows + cosine + words)")
     wrap("_hydrate", "page rows")
+    wrap("_search_words", "full text + word statistics (beside the encoders)")  # a thread of its own
     wrap("search", "total")
     return totals
 
