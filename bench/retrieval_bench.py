@@ -219,7 +219,7 @@ def baseline(services, queries, with_screen_text: bool = False) -> list:
     return out
 
 
-DEFAULT = "passages + coverage 0.1, moment = best segment (default)"
+DEFAULT = "passages + coverage 0.1, moment = best segment grown into a window better by > 0.04 (default)"
 
 
 def variants():
@@ -233,13 +233,17 @@ def variants():
         ("+ lexical coverage 0.1 (segments only)", False, dict(passages=False, lexical="coverage",
                                                                lexical_weight=0.1)),
         ("passages + coverage 0.05", False, dict(passages=True, lexical="coverage", lexical_weight=0.05)),
-        (DEFAULT, False, dict(passages=True, lexical="coverage", lexical_weight=0.1)),
+        ("passages + coverage 0.1, moment = best segment (default until 2026-12-08)", False,
+         dict(passages=True, lexical="coverage", lexical_weight=0.1, moment="segment", grow_margin=0.0)),
         ("passages + coverage 0.1, moment = best window", False, dict(passages=True, lexical="coverage",
                                                                       lexical_weight=0.1, moment="passage")),
         ("passages + coverage 0.1, moment = best segment of the best window", False,
          dict(passages=True, lexical="coverage", lexical_weight=0.1, moment="segment-in-window")),
         ("passages + coverage 0.1, moment = best segment grown into a better window", False,
-         dict(passages=True, lexical="coverage", lexical_weight=0.1, moment="segment-grown")),
+         dict(passages=True, lexical="coverage", lexical_weight=0.1, moment="segment-grown", grow_margin=0.0)),
+        ("passages + coverage 0.1, moment = best segment grown into a window better by > 0.02", False,
+         dict(passages=True, lexical="coverage", lexical_weight=0.1, moment="segment-grown", grow_margin=0.02)),
+        (DEFAULT, False, dict(passages=True, lexical="coverage", lexical_weight=0.1)),
         ("passages + coverage 0.2", False, dict(passages=True, lexical="coverage", lexical_weight=0.2)),
         ("passages + coverage 0.3", False, dict(passages=True, lexical="coverage", lexical_weight=0.3)),
         ("passages + coverage 0.5", False, dict(passages=True, lexical="coverage", lexical_weight=0.5)),

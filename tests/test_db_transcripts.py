@@ -410,13 +410,16 @@ def test_best_passage_per_video(session: Session) -> None:
     c = _video("c" * 64, [])
     session.add_all([a, b, c])
     session.commit()
-    scores = _Stub(Ranking(lexical="none")).service._text_scores(session, [a.id, b.id, c.id], "q", query,
-                                                                 {})[0][SPEECH]
+    scores = _Stub(Ranking(lexical="none", moment="segment")).service._text_scores(
+        session, [a.id, b.id, c.id], "q", query, {})[0][SPEECH]
     assert set(scores) == {a.id, b.id}
     pid = {(p.video_id, p.first_idx, p.last_idx): p.id for p in session.scalars(select(Passage))}
     assert scores[a.id][0] == pytest.approx(0.9, abs=1e-3)  # the whole transcript scores the video...
-    assert scores[a.id][1] == pid[(a.id, 1, 1)]  # ...the best single segment is the moment (the default)
+    assert scores[a.id][1] == pid[(a.id, 1, 1)]  # ...the best single segment is the moment
     assert scores[b.id][1] == pid[(b.id, 0, 0)]  # equal scores: the earliest
+    grown = _Stub(Ranking(lexical="none")).service._text_scores(session, [a.id, b.id], "q", query, {})[0][SPEECH]
+    assert grown[a.id][1] == pid[(a.id, 1, 2)]  # the default: grown into the window that beats it by > 0.04
+    assert grown[b.id][1] == pid[(b.id, 0, 0)]  # a window that only ties keeps the segment
     windows = _Stub(Ranking(lexical="none", moment="passage")).service._text_scores(session, [a.id, b.id], "q",
                                                                                      query, {})[0][SPEECH]
     assert windows[a.id] == (pytest.approx(0.9, abs=1e-3), pid[(a.id, 1, 2)])  # the best window, never (0, 3)

@@ -175,6 +175,11 @@ def test_a_moment_grows_into_a_window_only_when_the_window_scores_higher() -> No
     moment = {(1, Source.SPEECH): 11, (2, Source.SPEECH): 18}
     grown = SearchService._grow_moments(moment, pids, vids, channels, first, last, scores, windows)
     assert grown == {(1, Source.SPEECH): 14, (2, Source.SPEECH): 18}  # 0-1 beats 1-2; 2-3 and the whole do not hold 1
+    # with a margin a window must beat the segment by more than it: 0.65 and 0.62 do not beat 0.6 by 0.1
+    assert SearchService._grow_moments(moment, pids, vids, channels, first, last, scores, windows,
+                                       margin=0.1)[(1, Source.SPEECH)] == 11
+    assert SearchService._grow_moments(moment, pids, vids, channels, first, last, scores, windows,
+                                       margin=0.04)[(1, Source.SPEECH)] == 14
     scores[4] = scores[5] = 0.6  # a tie keeps the segment
     assert SearchService._grow_moments(moment, pids, vids, channels, first, last, scores, windows)[(1, Source.SPEECH)] \
         == 11

@@ -294,7 +294,8 @@ class SearchService:
         grown = np.zeros(len(pids), dtype=bool)
         if ranking.moment == "segment-grown" and moment:
             channels: list[str] = [Source.SCREEN if c else Source.SPEECH for c in on_screen.tolist()]
-            moment = self._grow_moments(moment, pids, vids, channels, first, last, scores, windows)
+            moment = self._grow_moments(moment, pids, vids, channels, first, last, scores, windows,
+                                        ranking.grow_margin)
             grown = np.isin(pids, np.fromiter(moment.values(), dtype=np.int64))
         for key, sc in zip(keys, scores[heads].tolist(), strict=True):
             out[key[1]][key[0]] = (float(sc), moment.get(key))
@@ -305,14 +306,14 @@ class SearchService:
     @staticmethod
     def _grow_moments(moment: dict[tuple[int, str], int], pids: np.ndarray, vids: np.ndarray, channels: list[str],
                       first: np.ndarray, last: np.ndarray, scores: np.ndarray,
-                      windows: np.ndarray) -> dict[tuple[int, str], int]:
+                      windows: np.ndarray, margin: float = 0.0) -> dict[tuple[int, str], int]:
         """Each moment segment replaced by the best window that holds it when that window scores higher:
         a query that paraphrases a whole sentence matches the sentence's clause pieces together better than any one
         of them, and its moment should start where the sentence starts; a query for one line does not, and keeps
-        its line."""
+        its line. A window must beat the segment by more than ``margin``."""
         row = {int(p): i for i, p in enumerate(pids.tolist())}
         at = {key: row[pid] for key, pid in moment.items()}
-        best = {key: (float(scores[i]), 0, int(pids[i])) for key, i in at.items()}
+        best = {key: (float(scores[i]) + margin, 0, int(pids[i])) for key, i in at.items()}
         for w in np.flatnonzero(windows & (last > first)).tolist():
             key = (int(vids[w]), channels[w])
             i = at.get(key)
