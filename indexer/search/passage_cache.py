@@ -12,8 +12,6 @@ before the tag existed) is read every time and never kept. Misses are read in tw
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from indexer.enums import Source
 from indexer.storage.db import Passage, Segment
+from indexer.storage.lru import SizedLRU
 from indexer.text import stem, stems, words
 
 ENTRY_OVERHEAD = 600  # bytes per entry besides its arrays and texts (headers, key, LRU node), approx.
@@ -79,54 +78,37 @@ class PassageCache:
     """Thread-safe; at most ``max_bytes`` of entries (0: nothing kept, every read goes to the database)."""
 
     def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = int(max_bytes)
-        self._entries: OrderedDict[int, VideoText] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        self._lru: SizedLRU[int, VideoText] = SizedLRU(max_bytes, lambda entry: entry.nbytes)
+
+    @property
+    def max_bytes(self) -> int:
+        return self._lru.max_bytes
+
+    @property
+    def hits(self) -> int:
+        return self._lru.hits
+
+    @property
+    def misses(self) -> int:
+        return self._lru.misses
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._lru)
 
     @property
     def nbytes(self) -> int:
-        return self._bytes
+        return self._lru.nbytes
 
     def read(self, session: Session, videos: Sequence[tuple[int, int | None]], dim: int) -> dict[int, VideoText]:
         """``VideoText`` of each (video id, text tag); a video without passages or segments gets empty arrays."""
-        found: dict[int, VideoText] = {}
-        missing: dict[int, int | None] = {}
-        with self._lock:
-            for vid, tag in videos:
-                entry = self._entries.get(vid)
-                if entry is not None and tag is not None and entry.tag == tag:
-                    self._entries.move_to_end(vid)
-                    found[vid] = entry
-                else:
-                    missing[vid] = tag
-            self.hits += len(found)
-            self.misses += len(missing)
+        tags = dict(videos)
+        found = self._lru.get_many(tags, lambda vid, entry: tags[vid] is not None and entry.tag == tags[vid])
+        missing = {vid: tag for vid, tag in tags.items() if vid not in found}
         if missing:
             loaded = load_texts(session, missing, dim)
             found.update(loaded)
-            with self._lock:
-                for vid, entry in loaded.items():
-                    if entry.tag is not None:
-                        self._put(vid, entry)
+            self._lru.put_many((vid, entry) for vid, entry in loaded.items() if entry.tag is not None)
         return found
-
-    def _put(self, vid: int, entry: VideoText) -> None:
-        old = self._entries.pop(vid, None)
-        if old is not None:
-            self._bytes -= old.nbytes
-        size = entry.nbytes
-        if size > self.max_bytes:
-            return
-        self._entries[vid] = entry
-        self._bytes += size
-        while self._bytes > self.max_bytes:
-            _, dropped = self._entries.popitem(last=False)
-            self._bytes -= dropped.nbytes
 
 
 def load_texts(session: Session, tags: dict[int, int | None], dim: int) -> dict[int, VideoText]:

@@ -15,14 +15,13 @@ queries (the usual case) more. Numbers: BENCHMARKS.md, "Frames read for re-scori
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable
 
 import numpy as np
 from sqlalchemy.orm import Session
 
 from indexer.storage.catalog import FeatureStorage
+from indexer.storage.lru import SizedLRU
 from indexer.storage.shards import FeatureRef, FeatureStore
 
 ENTRY_OVERHEAD = 400  # bytes per entry besides the arrays' data (two ndarray headers, key tuple, LRU node), approx.
@@ -34,73 +33,65 @@ class CachedFeatures:
     own reads run unlocked."""
 
     def __init__(self, inner: FeatureStorage, space: str, max_bytes: int) -> None:
-        self.inner, self.space, self.max_bytes = inner, space, int(max_bytes)
-        self._entries: OrderedDict[tuple[str, int], tuple[int, np.ndarray, np.ndarray]] = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        self.inner, self.space = inner, space
+        # (space, video id) -> (ref offset: the write's tag, frames, mask)
+        self._lru: SizedLRU[tuple[str, int], tuple[int, np.ndarray, np.ndarray]] = SizedLRU(
+            max_bytes, lambda e: e[1].nbytes + e[2].nbytes + ENTRY_OVERHEAD)
+
+    @property
+    def max_bytes(self) -> int:
+        return self._lru.max_bytes
+
+    @property
+    def hits(self) -> int:
+        return self._lru.hits
+
+    @property
+    def misses(self) -> int:
+        return self._lru.misses
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._lru)
 
     @property
     def nbytes(self) -> int:
-        return self._bytes
+        return self._lru.nbytes
 
     def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
+        self._lru.clear()
 
     def append(self, video_id: int, frames: np.ndarray, mask: np.ndarray, session: Session | None = None) -> FeatureRef:
         ref = self.inner.append(video_id, frames, mask, session=session)
-        with self._lock:
-            self._drop((self.space, int(video_id)))
+        self._lru.drop((self.space, int(video_id)))
         return ref
 
     def read_many(self, refs: Iterable[FeatureRef]) -> tuple[np.ndarray, np.ndarray]:
         refs = list(refs)
         if not refs:
             return self.inner.read_many([])
+        keys = [(self.space, int(r.video_id)) for r in refs if r.video_id is not None]  # one per ref: hits count refs
+        offsets = {(self.space, int(r.video_id)): r.offset for r in refs if r.video_id is not None}
+        cached = self._lru.get_many(keys, lambda key, entry: entry[0] == offsets[key])
         found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         wanted: dict[object, list[int]] = {}  # key (or position, for a ref without video id) -> positions
-        with self._lock:
-            for i, ref in enumerate(refs):
-                key = (self.space, int(ref.video_id)) if ref.video_id is not None else None
-                entry = self._entries.get(key) if key is not None else None
-                if entry is None or key is None or entry[0] != ref.offset:
-                    wanted.setdefault(key if key is not None else i, []).append(i)
-                else:
-                    self._entries.move_to_end(key)
-                    found[i] = (entry[1], entry[2])
-            self.hits += len(found)
-            self.misses += len(refs) - len(found)
+        for i, ref in enumerate(refs):
+            key = (self.space, int(ref.video_id)) if ref.video_id is not None else None
+            entry = cached.get(key) if key is not None else None
+            if entry is None:
+                wanted.setdefault(key if key is not None else i, []).append(i)
+            else:
+                found[i] = (entry[1], entry[2])
         if wanted:
             frames, masks = self.inner.read_many([refs[positions[0]] for positions in wanted.values()])
-            with self._lock:
-                for j, (wanted_key, positions) in enumerate(wanted.items()):
-                    f, m = frames[j].copy(), masks[j].copy()  # own memory: never a view of a batch array
-                    found.update((i, (f, m)) for i in positions)
-                    if isinstance(wanted_key, tuple):
-                        self._put(wanted_key, (int(refs[positions[0]].offset), f, m))
+            fresh = []
+            for j, (wanted_key, positions) in enumerate(wanted.items()):
+                f, m = frames[j].copy(), masks[j].copy()  # own memory: never a view of a batch array
+                found.update((i, (f, m)) for i in positions)
+                if isinstance(wanted_key, tuple):
+                    fresh.append((wanted_key, (int(refs[positions[0]].offset), f, m)))
+            self._lru.put_many(fresh)
         return (np.stack([found[i][0] for i in range(len(refs))]),
                 np.stack([found[i][1] for i in range(len(refs))]))
-
-    def _put(self, key: tuple[str, int], entry: tuple[int, np.ndarray, np.ndarray]) -> None:
-        self._drop(key)
-        size = entry[1].nbytes + entry[2].nbytes + ENTRY_OVERHEAD
-        if size > self.max_bytes:
-            return
-        self._entries[key] = entry
-        self._bytes += size
-        while self._bytes > self.max_bytes:
-            _, (_, f, m) = self._entries.popitem(last=False)
-            self._bytes -= f.nbytes + m.nbytes + ENTRY_OVERHEAD
-
-    def _drop(self, key: tuple[str, int]) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._bytes -= entry[1].nbytes + entry[2].nbytes + ENTRY_OVERHEAD
 
 
 def with_cache(store: FeatureStorage, space: str, max_mb: int) -> FeatureStorage:
