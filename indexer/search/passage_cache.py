@@ -74,40 +74,21 @@ class VideoText:
         return bits
 
 
-class PassageCache:
+class PassageCache(SizedLRU[int, VideoText]):
     """Thread-safe; at most ``max_bytes`` of entries (0: nothing kept, every read goes to the database)."""
 
     def __init__(self, max_bytes: int) -> None:
-        self._lru: SizedLRU[int, VideoText] = SizedLRU(max_bytes, lambda entry: entry.nbytes)
-
-    @property
-    def max_bytes(self) -> int:
-        return self._lru.max_bytes
-
-    @property
-    def hits(self) -> int:
-        return self._lru.hits
-
-    @property
-    def misses(self) -> int:
-        return self._lru.misses
-
-    def __len__(self) -> int:
-        return len(self._lru)
-
-    @property
-    def nbytes(self) -> int:
-        return self._lru.nbytes
+        super().__init__(max_bytes, lambda entry: entry.nbytes)
 
     def read(self, session: Session, videos: Sequence[tuple[int, int | None]], dim: int) -> dict[int, VideoText]:
         """``VideoText`` of each (video id, text tag); a video without passages or segments gets empty arrays."""
         tags = dict(videos)
-        found = self._lru.get_many(tags, lambda vid, entry: tags[vid] is not None and entry.tag == tags[vid])
+        found = self.get_many(tags, lambda vid, entry: tags[vid] is not None and entry.tag == tags[vid])
         missing = {vid: tag for vid, tag in tags.items() if vid not in found}
         if missing:
             loaded = load_texts(session, missing, dim)
             found.update(loaded)
-            self._lru.put_many((vid, entry) for vid, entry in loaded.items() if entry.tag is not None)
+            self.put_many((vid, entry) for vid, entry in loaded.items() if entry.tag is not None)
         return found
 
 

@@ -27,42 +27,18 @@ from indexer.storage.shards import FeatureRef, FeatureStore
 ENTRY_OVERHEAD = 400  # bytes per entry besides the arrays' data (two ndarray headers, key tuple, LRU node), approx.
 
 
-class CachedFeatures:
+class CachedFeatures(SizedLRU[tuple[str, int], tuple[int, np.ndarray, np.ndarray]]):
     """``FeatureStorage`` that serves repeated reads from memory (at most ``max_bytes``) and the rest from
-    ``inner``, in one ``inner.read_many`` call per read (each missing video asked once). Thread-safe; ``inner``'s
-    own reads run unlocked."""
+    ``inner``, in one ``inner.read_many`` call per read (each missing video asked once). Entries: (space, video id)
+    -> (the ref's offset, the write's tag; frames; mask). Thread-safe; ``inner``'s own reads run unlocked."""
 
     def __init__(self, inner: FeatureStorage, space: str, max_bytes: int) -> None:
+        super().__init__(max_bytes, lambda e: e[1].nbytes + e[2].nbytes + ENTRY_OVERHEAD)
         self.inner, self.space = inner, space
-        # (space, video id) -> (ref offset: the write's tag, frames, mask)
-        self._lru: SizedLRU[tuple[str, int], tuple[int, np.ndarray, np.ndarray]] = SizedLRU(
-            max_bytes, lambda e: e[1].nbytes + e[2].nbytes + ENTRY_OVERHEAD)
-
-    @property
-    def max_bytes(self) -> int:
-        return self._lru.max_bytes
-
-    @property
-    def hits(self) -> int:
-        return self._lru.hits
-
-    @property
-    def misses(self) -> int:
-        return self._lru.misses
-
-    def __len__(self) -> int:
-        return len(self._lru)
-
-    @property
-    def nbytes(self) -> int:
-        return self._lru.nbytes
-
-    def clear(self) -> None:
-        self._lru.clear()
 
     def append(self, video_id: int, frames: np.ndarray, mask: np.ndarray, session: Session | None = None) -> FeatureRef:
         ref = self.inner.append(video_id, frames, mask, session=session)
-        self._lru.drop((self.space, int(video_id)))
+        self.drop((self.space, int(video_id)))
         return ref
 
     def read_many(self, refs: Iterable[FeatureRef]) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +47,7 @@ class CachedFeatures:
             return self.inner.read_many([])
         keys = [(self.space, int(r.video_id)) for r in refs if r.video_id is not None]  # one per ref: hits count refs
         offsets = {(self.space, int(r.video_id)): r.offset for r in refs if r.video_id is not None}
-        cached = self._lru.get_many(keys, lambda key, entry: entry[0] == offsets[key])
+        cached = self.get_many(keys, lambda key, entry: entry[0] == offsets[key])
         found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         wanted: dict[object, list[int]] = {}  # key (or position, for a ref without video id) -> positions
         for i, ref in enumerate(refs):
@@ -89,7 +65,7 @@ class CachedFeatures:
                 found.update((i, (f, m)) for i in positions)
                 if isinstance(wanted_key, tuple):
                     fresh.append((wanted_key, (int(refs[positions[0]].offset), f, m)))
-            self._lru.put_many(fresh)
+            self.put_many(fresh)
         return (np.stack([found[i][0] for i in range(len(refs))]),
                 np.stack([found[i][1] for i in range(len(refs))]))
 
