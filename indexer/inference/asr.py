@@ -54,9 +54,10 @@ from indexer.inference.audio_blocks import (
 from indexer.inference.base import InferenceModel, device_kind_and_index
 from indexer.inference.coverage import (
     CLIP_MAX_S,
-    HOLE_PAD_S,
     VAD_MIN_SILENCE_MS,
     covered_seconds,
+    hole_segments,
+    hole_window,
     join_holes,
     merge_regions,
     uncovered,
@@ -335,15 +336,18 @@ class Transcriber(InferenceModel["WhisperModel"]):
                 segments.append(segment)
                 advanced(float(segment.end))
         # What the decode left without words, joined where nothing was said in between (a dropped sentence is often
-        # several VAD regions: decoded together it keeps its context), widened a little into the word-free margin.
+        # several VAD regions: decoded together it keeps its context), widened into the speech regions it lies in.
         spans = word_spans(segments)
         holes = join_holes(uncovered(regions, spans), spans)
         length = len(audio) / SAMPLE_RATE
-        for a, b in holes:
-            span = (max(0.0, a - HOLE_PAD_S), min(length, b + HOLE_PAD_S))
-            # As a clip of its own first (other boundaries, other context), then sequentially if that stays empty.
-            found = [s for s in self._decode_clips(audio, [span], language) if s.text.strip()]
-            found = found or self._decode_span(audio, *span, language)
+        known = [w for s in segments for w in (getattr(s, "words", None) or ())]
+        for hole in holes:
+            a, b = hole
+            span = hole_window(hole, regions, length)
+            # As a clip of its own first (other boundaries, other context), then sequentially if that stays empty;
+            # of what either gives, only the words inside the stretch (not its neighbours' said again).
+            found = hole_segments(self._decode_clips(audio, [span], language), hole, known)
+            found = found or hole_segments(self._decode_span(audio, *span, language), hole, known)
             if found:
                 segments += found
                 state.redecoded += 1
