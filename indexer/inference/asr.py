@@ -346,10 +346,11 @@ class Transcriber(InferenceModel["WhisperModel"]):
             span = hole_window(hole, regions, length)
             # As a clip of its own first (other boundaries, other context), then sequentially if that stays empty;
             # of what either gives, only the words inside the stretch (not its neighbours' said again).
-            found = hole_segments(self._decode_clips(audio, [span], language), hole, known)
-            found = found or hole_segments(self._decode_span(audio, *span, language), hole, known)
+            found = hole_segments(self._decode_clips(audio, [span], language), span, known)
+            found = found or hole_segments(self._decode_span(audio, *span, language), span, known)
             if found:
                 segments += found
+                known += [w for s in found for w in (getattr(s, "words", None) or ())]
                 state.redecoded += 1
             else:
                 state.empty += 1

@@ -19,11 +19,15 @@ HOLE_MIN_S = 0.5
 WORD_PAD_S = 0.5
 HOLE_GAP_S = 5.0  # stretches without words this close (and nothing said between them) are decoded together
 HOLE_PAD_S = 0.2  # such a stretch is decoded with this much audio around it (less than WORD_PAD_S: no word twice)
-# ... after widening it by up to this much into the speech regions it lies in: its edges were cut WORD_PAD_S from a
-# word's timing (or inside a stretched word), so a 0.9 s "five five" decoded as its hole alone lost its second "five".
-# More audio around it than its own speech regions makes Whisper skip it again, as the first decode did (measured on
-# the long-video bench's card calls: their region +-0.2 s gave the words in 10 of 10, +-2 s in 6, +-3 s in 5).
-HOLE_EXTEND_S = 1.0
+# ... after widening it into the speech regions it lies in: up to HOLE_BEFORE_S before it, and up to HOLE_AFTER_S after
+# it into the regions it lies in or touches. Its edges were cut WORD_PAD_S from a word's timing, and its end is the one
+# to trust least (the word after a skipped utterance is the one stretched back over it), so a 0.9 s "five five"
+# decoded as its hole alone lost its second "five". No more audio before it: with more of the sentence before it
+# Whisper skips it again as the first decode did (measured on the long-video bench's card calls: their own regions
+# +-0.2 s gave their words in 10 of 10, +-2 s in 6, +-3 s in 5).
+HOLE_BEFORE_S = 1.0
+HOLE_AFTER_S = 3.0
+_TOUCH_S = 0.05  # a speech region this close after a stretch without words continues it (the VAD splits in pauses)
 # A word's timing covers at most its last WORD_BASE_S + WORD_S_PER_CHAR per letter: Whisper's alignment stretches the
 # first word after an utterance it skipped back over that utterance (" as" over 1.5 s of "five five", " then" over
 # 3.7 s of a whole sentence), and a stretched word's true place is at its end, where the next word follows.
@@ -81,36 +85,57 @@ def plausible_seconds(word: str) -> float:
 
 
 def hole_window(hole: tuple[float, float], regions: Sequence[tuple[float, float]], length: float,
-                extend: float = HOLE_EXTEND_S, pad: float = HOLE_PAD_S) -> tuple[float, float]:
-    """The audio decoded again for a stretch without words: the stretch widened to the speech regions it lies in
-    (by at most ``extend`` each side), plus ``pad``, within ``0 .. length``."""
+                before: float = HOLE_BEFORE_S, after: float = HOLE_AFTER_S,
+                pad: float = HOLE_PAD_S) -> tuple[float, float]:
+    """The audio decoded again for a stretch without words: the stretch widened to the speech regions it lies in (by
+    at most ``before`` before it) or that it lies in or touches after it (by at most ``after``), plus ``pad``, within
+    ``0 .. length``."""
     a, b = hole
     lo = min((r0 for r0, r1 in regions if r0 < b and r1 > a), default=a)
-    hi = max((r1 for r0, r1 in regions if r0 < b and r1 > a), default=b)
-    return max(0.0, max(lo, a - extend) - pad), min(length, min(hi, b + extend) + pad)
+    hi = max((r1 for r0, r1 in regions if r0 <= b + _TOUCH_S and r1 > a), default=b)
+    return max(0.0, max(lo, a - before) - pad), min(length, min(hi, b + after) + pad)
 
 
-def new_words(words: Sequence[Any], hole: tuple[float, float], known: Sequence[Any],
-              pad: float = WORD_PAD_S) -> list[Any]:
-    """The words of a second decode that belong to the stretch ``hole``: the middle of each within ``pad`` of it
-    (the stretch lies at least ``pad`` from every word found before), and not a word of ``known`` (the first
-    decode's words) said again where that one's timing overlaps it."""
-    a, b = hole
+def new_words(words: Sequence[Any], window: tuple[float, float], known: Sequence[Any]) -> list[Any]:
+    """The words of a second decode of ``window`` that the first decode did not have: ``known`` (the words found
+    before) said anywhere in the window are matched in order (longest common subsequence of their letters) and left
+    out, and so is a word whose middle lies outside the window or inside a known word that is not stretched (no longer
+    than ``plausible_seconds``: the same word heard again, written differently, "there for" for "therefore")."""
+    a, b = window
+    placed = [(k.start, k.end) for k in known
+              if k.start < b and k.end > a and k.end - k.start <= plausible_seconds(k.word)]
+    new = [w for w in words if a <= (mid := (w.start + w.end) / 2) <= b and _letters(w.word)
+           and not any(c <= mid <= d for c, d in placed)]
+    old = [_letters(k.word) for k in known if k.start < b and k.end > a]
+    mine = [_letters(w.word) for w in new]
+    # lengths[i][j]: the longest common subsequence of mine[i:] and old[j:]
+    lengths = [[0] * (len(old) + 1) for _ in range(len(mine) + 1)]
+    for i in range(len(mine) - 1, -1, -1):
+        for j in range(len(old) - 1, -1, -1):
+            lengths[i][j] = (lengths[i + 1][j + 1] + 1 if mine[i] == old[j]
+                             else max(lengths[i + 1][j], lengths[i][j + 1]))
+    kept, i, j = [], 0, 0
+    while i < len(mine):
+        if j < len(old) and mine[i] == old[j]:
+            i, j = i + 1, j + 1
+        elif j < len(old) and lengths[i][j + 1] >= lengths[i + 1][j]:
+            j += 1
+        else:
+            kept.append(new[i])
+            i += 1
+    return kept
 
-    def same(w: Any, k: Any) -> bool:
-        return _letters(w.word) == _letters(k.word) and k.start < w.end and k.end > w.start
 
-    return [w for w in words if a - pad <= (w.start + w.end) / 2 <= b + pad and not any(same(w, k) for k in known)]
-
-
-def hole_segments(segments: Iterable[Any], hole: tuple[float, float], known: Sequence[Any]) -> list[Any]:
-    """A second decode's segments (faster-whisper's dataclasses) cut to their words inside ``hole`` that ``known``
-    does not hold (``new_words``); a segment without word timings is kept whole when it has text."""
+def hole_segments(segments: Iterable[Any], window: tuple[float, float], known: Sequence[Any]) -> list[Any]:
+    """A second decode's segments (faster-whisper's dataclasses) cut to the words of ``window`` that ``known`` does not
+    hold (``new_words``); a segment without word timings is kept whole when it has text."""
+    segments = list(segments)
+    fresh = {id(w) for w in new_words([w for s in segments for w in (s.words or ())], window, known)}
     out = []
     for s in segments:
         if not s.words:
             out += [s] if s.text.strip() else []
-        elif kept := new_words(s.words, hole, known):
+        elif kept := [w for w in s.words if id(w) in fresh]:
             out.append(replace(s, start=kept[0].start, end=kept[-1].end, words=kept,
                                text="".join(w.word for w in kept)))
     return out
