@@ -61,6 +61,7 @@ from indexer.inference.coverage import (
     join_holes,
     merge_regions,
     uncovered,
+    unstretched,
     word_spans,
 )
 from indexer.inference.language import (
@@ -341,6 +342,7 @@ class Transcriber(InferenceModel["WhisperModel"]):
         holes = join_holes(uncovered(regions, spans), spans)
         length = len(audio) / SAMPLE_RATE
         known = [w for s in segments for w in (getattr(s, "words", None) or ())]
+        decoded, first_recovered = len(segments), len(known)
         for hole in holes:
             a, b = hole
             span = hole_window(hole, regions, length)
@@ -355,12 +357,14 @@ class Transcriber(InferenceModel["WhisperModel"]):
             else:
                 state.empty += 1
                 log.warning("speech at %.1f-%.1f s of a chunk stays without text after decoding it again", a, b)
+        # A word the first decode stretched back over what was recovered starts after it (and so does its piece).
+        segments[:decoded] = [unstretched(s, known[first_recovered:]) for s in segments[:decoded]]
         state.speech_s += sum(b - a for a, b in regions)
         state.transcribed_s += covered_seconds(regions, word_spans(segments))
-        segments.sort(key=lambda s: (float(s.start), float(s.end)))
-        return [piece for s in segments
-                for piece in clause_pieces(float(s.start), float(s.end), s.text,
-                                           getattr(s, "words", None) if self.split_clauses else None)]
+        return sorted((piece for s in segments
+                       for piece in clause_pieces(float(s.start), float(s.end), s.text,
+                                                  getattr(s, "words", None) if self.split_clauses else None)),
+                      key=lambda p: (p[0], p[1]))
 
     def _speech_regions(self, audio: np.ndarray) -> list[tuple[float, float]]:
         """Where the VAD hears speech, in seconds (all of the audio without VAD)."""

@@ -141,6 +141,23 @@ def hole_segments(segments: Iterable[Any], window: tuple[float, float], known: S
     return out
 
 
+def unstretched(segment: Any, recovered: Sequence[Any]) -> Any:
+    """``segment`` with each word that a ``recovered`` word lies inside (stretched back over what the first decode
+    skipped) starting where the last of them ends, and the segment starting at its first word if that one moved, so
+    that what follows a recovered utterance is not placed before it."""
+    words = getattr(segment, "words", None)
+    if not words or not recovered:
+        return segment
+    moved = []
+    for w in words:
+        ends = [r.end for r in recovered if r is not w and w.start < (r.start + r.end) / 2 < w.end]
+        moved.append(replace(w, start=min(max(ends), w.end)) if ends else w)
+    if all(m is w for m, w in zip(moved, words, strict=True)):
+        return segment
+    start = moved[0].start if moved[0] is not words[0] else segment.start
+    return replace(segment, start=start, words=moved)
+
+
 def _letters(word: str) -> str:
     return "".join(c for c in word.lower() if c.isalnum())
 
