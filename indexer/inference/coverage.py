@@ -18,7 +18,7 @@ CLIP_GAP_S = 2.0
 HOLE_MIN_S = 0.5
 WORD_PAD_S = 0.5
 HOLE_GAP_S = 5.0  # stretches without words this close (and nothing said between them) are decoded together
-HOLE_PAD_S = 0.2  # such a stretch is decoded with this much audio around it (less than WORD_PAD_S: no word twice)
+HOLE_PAD_S = 0.2  # such a stretch is decoded with this much audio around it ...
 # ... after widening it into the speech regions it lies in: up to HOLE_BEFORE_S before it, and up to HOLE_AFTER_S after
 # it into the regions it lies in or touches. Its edges were cut WORD_PAD_S from a word's timing, and its end is the one
 # to trust least (the word after a skipped utterance is the one stretched back over it), so a 0.9 s "five five"
