@@ -23,8 +23,9 @@ HOLE_PAD_S = 0.2  # such a stretch is decoded with this much audio around it ...
 # it into the regions it lies in or touches. Its edges were cut WORD_PAD_S from a word's timing, and its end is the one
 # to trust least (the word after a skipped utterance is the one stretched back over it), so a 0.9 s "five five"
 # decoded as its hole alone lost its second "five". No more audio before it: with more of the sentence before it
-# Whisper skips it again as the first decode did (measured on the long-video bench's card calls: their own regions
-# +-0.2 s gave their words in 10 of 10, +-2 s in 6, +-3 s in 5).
+# Whisper skips it again as the first decode did (measured on the 12 utterances the long-video bench lost, decoded
+# alone: at least half of their words came back from their own regions +-0.2 s in 12, +-1 s in 11, +-2 s in 9, +-3 s
+# in 8; no_speech/log-prob thresholds off, a prompt of the words before, or without timestamps gave the same as +-0.2).
 HOLE_BEFORE_S = 1.0
 HOLE_AFTER_S = 3.0
 _TOUCH_S = 0.05  # a speech region this close after a stretch without words continues it (the VAD splits in pauses)
