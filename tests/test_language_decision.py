@@ -156,7 +156,8 @@ class FakeWhisper:
     """Mimics what the transcriber asks of faster-whisper: ``detect_language`` (no decode), ``transcribe`` of one
     stretch (a trial or a re-decode: one 30 s window per 30 s) and the batched pipeline's ``transcribe`` of clips
     (``clip_timestamps``: one window per clip). Each window yields two segments scored by the language's
-    log-probability, with word timings covering it."""
+    log-probability, with word timings covering it (words of a plausible length, as Whisper's: a word stretched over
+    seconds is what a skipped utterance looks like, and the transcriber would decode it again)."""
 
     probs: list[tuple[str, float]]
     logprob: dict[str, float]
@@ -174,7 +175,7 @@ class FakeWhisper:
         mid = (start + end) / 2
         return [FwSegment(id=0, seek=int(start * 100), start=a, end=b, text=f"{lang} {x}", tokens=list(range(10)),
                           avg_logprob=self.logprob[lang], compression_ratio=1.5, no_speech_prob=0.05,
-                          words=[Word(start=a, end=b, word=f" {lang} {x}", probability=0.9)], temperature=0.0)
+                          words=words(a, b, f"{lang}{x}"), temperature=0.0)
                 for a, b, x in ((start, mid, "a"), (mid, end, "b"))]
 
     def transcribe(self, audio: np.ndarray, language: str | None = None, **kwargs: Any):
@@ -184,6 +185,12 @@ class FakeWhisper:
         spans = ([(c["start"], c["end"]) for c in clips] if clips else
                  [(t, min(t + 30.0, len(audio) / SAMPLE_RATE)) for t in np.arange(0, len(audio) / SAMPLE_RATE, 30.0)])
         return (s for a, b in spans for s in self._window(language, float(a), float(b))), SimpleNamespace()
+
+
+def words(start: float, end: float, text: str) -> list[Word]:
+    """Words of 0.3 s, one every 0.4 s from ``start`` to ``end``."""
+    return [Word(start=float(t), end=min(float(t) + 0.3, end), word=f" {text}", probability=0.9)
+            for t in np.arange(start, end, 0.4)]
 
 
 def fake_transcriber(model: FakeWhisper, speech_s: float, **kwargs: Any) -> Transcriber:

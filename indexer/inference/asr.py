@@ -54,12 +54,14 @@ from indexer.inference.audio_blocks import (
 from indexer.inference.base import InferenceModel, device_kind_and_index
 from indexer.inference.coverage import (
     CLIP_MAX_S,
-    HOLE_PAD_S,
     VAD_MIN_SILENCE_MS,
     covered_seconds,
+    hole_segments,
+    hole_window,
     join_holes,
     merge_regions,
     uncovered,
+    unstretched,
     word_spans,
 )
 from indexer.inference.language import (
@@ -335,27 +337,34 @@ class Transcriber(InferenceModel["WhisperModel"]):
                 segments.append(segment)
                 advanced(float(segment.end))
         # What the decode left without words, joined where nothing was said in between (a dropped sentence is often
-        # several VAD regions: decoded together it keeps its context), widened a little into the word-free margin.
+        # several VAD regions: decoded together it keeps its context), widened into the speech regions it lies in.
         spans = word_spans(segments)
         holes = join_holes(uncovered(regions, spans), spans)
         length = len(audio) / SAMPLE_RATE
-        for a, b in holes:
-            span = (max(0.0, a - HOLE_PAD_S), min(length, b + HOLE_PAD_S))
-            # As a clip of its own first (other boundaries, other context), then sequentially if that stays empty.
-            found = [s for s in self._decode_clips(audio, [span], language) if s.text.strip()]
-            found = found or self._decode_span(audio, *span, language)
+        known = [w for s in segments for w in (getattr(s, "words", None) or ())]
+        decoded, first_recovered = len(segments), len(known)
+        for hole in holes:
+            a, b = hole
+            span = hole_window(hole, regions, length)
+            # As a clip of its own first (other boundaries, other context), then sequentially if that stays empty;
+            # of what either gives, only the words inside the stretch (not its neighbours' said again).
+            found = hole_segments(self._decode_clips(audio, [span], language), span, known)
+            found = found or hole_segments(self._decode_span(audio, *span, language), span, known)
             if found:
                 segments += found
+                known += [w for s in found for w in (getattr(s, "words", None) or ())]
                 state.redecoded += 1
             else:
                 state.empty += 1
                 log.warning("speech at %.1f-%.1f s of a chunk stays without text after decoding it again", a, b)
+        # A word the first decode stretched back over what was recovered starts after it (and so does its piece).
+        segments[:decoded] = [unstretched(s, known[first_recovered:]) for s in segments[:decoded]]
         state.speech_s += sum(b - a for a, b in regions)
         state.transcribed_s += covered_seconds(regions, word_spans(segments))
-        segments.sort(key=lambda s: (float(s.start), float(s.end)))
-        return [piece for s in segments
-                for piece in clause_pieces(float(s.start), float(s.end), s.text,
-                                           getattr(s, "words", None) if self.split_clauses else None)]
+        return sorted((piece for s in segments
+                       for piece in clause_pieces(float(s.start), float(s.end), s.text,
+                                                  getattr(s, "words", None) if self.split_clauses else None)),
+                      key=lambda p: (p[0], p[1]))
 
     def _speech_regions(self, audio: np.ndarray) -> list[tuple[float, float]]:
         """Where the VAD hears speech, in seconds (all of the audio without VAD)."""
