@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None, embedded_worker: bool = True,
             stop.set()
             if thread is not None:
                 thread.join(timeout=30)
+            gc.unfreeze()  # what this app held may be garbage now (an app per test, or a restart in-process)
 
     app = FastAPI(title="save-search", version=API_VERSION, lifespan=lifespan,
                   description="Text-to-video search that understands what is said (SAVE: CLIP frames, AST audio, "
