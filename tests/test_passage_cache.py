@@ -151,3 +151,16 @@ def test_reindex_text_gives_a_new_tag_and_search_reads_the_new_passages(services
         cached = search.passages.read(s, [(vid, after)], DIM)[vid]
     stored = np.stack([np.frombuffer(new[int(p)], np.float16) for p in cached.meta[:, 0]]).astype(np.float32)
     np.testing.assert_array_equal(cached.embedding, stored)
+
+
+def test_the_app_freezes_its_start_up_objects_out_of_the_gc_and_lets_them_go_at_shutdown(services) -> None:
+    import gc
+
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    gc.unfreeze()
+    with TestClient(create_app(services.settings, embedded_worker=False, services=services)):
+        assert gc.get_freeze_count() > 0  # models, tokenizers, metadata: never scanned by a full collection
+    assert gc.get_freeze_count() == 0
