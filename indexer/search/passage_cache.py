@@ -19,9 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from indexer.enums import Source
+from indexer.storage.catalog import stack_blobs
 from indexer.storage.db import Passage, Segment
 from indexer.storage.lru import SizedLRU
-from indexer.text import stem, stems, words
+from indexer.text import stems, words
 
 ENTRY_OVERHEAD = 600  # bytes per entry besides its arrays and texts (headers, key, LRU node), approx.
 POSTINGS_FROM = 32  # segments from which a video's words get an inverted index (below: its texts are scanned)
@@ -44,8 +45,8 @@ class VideoText:
         if len(norms) >= POSTINGS_FROM:
             index: dict[str, list[int]] = {}
             for idx, norm in enumerate(norms):
-                for w in set(words(norm)):
-                    index.setdefault(stem(w), []).append(idx)
+                for w in stems(words(norm)):
+                    index.setdefault(w, []).append(idx)
             self.postings = {w: np.array(at, dtype=np.int64) for w, at in index.items()}
         self.nbytes = (ENTRY_OVERHEAD + meta.nbytes + embedding.nbytes + sum(50 + len(t) for t in norms)
                        + sum(60 + a.nbytes for a in (self.postings or {}).values()))
@@ -95,7 +96,7 @@ class PassageCache(SizedLRU[int, VideoText]):
 def load_texts(session: Session, tags: dict[int, int | None], dim: int) -> dict[int, VideoText]:
     """The ``VideoText`` of each video id in ``tags`` from the database: one query for the passages, one for the
     segments (Core rows, not ORM objects: thousands of rows per query). A passage embedding of another width (another
-    encoder, until re-indexed) is a zero row, so it scores 0 instead of failing the query."""
+    encoder, until re-indexed) is a zero row (``stack_blobs``), so it scores 0 instead of failing the query."""
     ids = list(tags)
     conn = session.connection()
     rows = conn.execute(select(Passage.video_id, Passage.id, Passage.first_idx, Passage.last_idx, Passage.start_s,
@@ -109,10 +110,7 @@ def load_texts(session: Session, tags: dict[int, int | None], dim: int) -> dict[
     if rows:
         vid_col, pid_col, first_col, last_col, start_col, end_col, source_col, blobs = zip(*rows, strict=True)
         vids = np.array(vid_col, dtype=np.int64)
-        width = 2 * dim
-        if not all(len(b) == width for b in blobs):
-            blobs = tuple(b if len(b) == width else bytes(width) for b in blobs)
-        matrix = np.frombuffer(b"".join(blobs), dtype=np.float16).reshape(len(blobs), dim).astype(np.float32)
+        matrix = stack_blobs(blobs, dim).astype(np.float32)
         meta = np.column_stack([np.array(pid_col, dtype=np.float64), np.array(first_col, dtype=np.float64),
                                 np.array(last_col, dtype=np.float64), np.array(start_col, dtype=np.float64),
                                 np.array(end_col, dtype=np.float64),
