@@ -239,11 +239,12 @@ class SearchService:
         ranking = self.ranking
         tags = tags or {}
         texts = self.passages.read(s, [(v, tags.get(v)) for v in video_ids], sentence_q.shape[-1])
-        parts = [texts[v] for v in video_ids if len(texts[v].meta)]
-        if not parts:
+        present = [v for v in video_ids if len(texts[v].meta)]
+        if not present:
             return out, LocalPassages.empty()
+        parts = [texts[v] for v in present]
         sizes = np.array([len(t.meta) for t in parts])
-        vids = np.repeat(np.array([v for v in video_ids if len(texts[v].meta)], dtype=np.int64), sizes)
+        vids = np.repeat(np.array(present, dtype=np.int64), sizes)
         meta = np.concatenate([t.meta for t in parts])
         first, last = meta[:, 1].astype(np.int64), meta[:, 2].astype(np.int64)
         q = sentence_q.astype(np.float32)
